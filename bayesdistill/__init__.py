@@ -1,0 +1,55 @@
+"""bayesdistill: Bayesian knowledge distillation on PyTorch and Pyro.
+
+    import bayesdistill as bd
+    data = bd.datasets.load("mnist1d")
+    teacher = bd.BNN(net, prior=bd.priors.Normal(scale=1.0),
+                     likelihood=bd.likelihoods.Categorical(), dataset_size=len(data.train))
+    result = bd.fit(teacher, data.train, epochs=30)
+    bd.evaluate(teacher, data.test)
+    teacher.posterior().save("teacher.pt")
+"""
+
+from . import datasets, diagnostics, errors, models
+from .bnn import (
+    BNN,
+    LocalReparameterization,
+    MeanFieldPosterior,
+    likelihoods,
+    local_reparameterization,
+    priors,
+)
+from .errors import (
+    DataError,
+    NonFiniteLossError,
+    PosteriorFormatError,
+    PosteriorMismatchError,
+    ShapeMismatchError,
+    UnsupportedLayerError,
+)
+from .infer import FitResult, MeanFieldELBO, evaluate, fit, predict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BNN",
+    "MeanFieldPosterior",
+    "MeanFieldELBO",
+    "LocalReparameterization",
+    "local_reparameterization",
+    "fit",
+    "FitResult",
+    "evaluate",
+    "predict",
+    "priors",
+    "likelihoods",
+    "datasets",
+    "diagnostics",
+    "models",
+    "errors",
+    "DataError",
+    "NonFiniteLossError",
+    "PosteriorFormatError",
+    "PosteriorMismatchError",
+    "ShapeMismatchError",
+    "UnsupportedLayerError",
+]

@@ -1,0 +1,481 @@
+"""``BNN``: any ``nn.Module`` as a Pyro model with mean-field Gaussian weights.
+
+Given a network f(x; w), a prior p(w) and a likelihood p(y | f(x; w)), :class:`BNN` provides
+
+* ``bnn.model(x, y=None)``: samples every Bayesian parameter tensor from its prior (one Pyro
+  sample site per tensor, named by its parameter path, e.g. ``"features.0.weight"``), runs the
+  unmodified network with those weights, and observes ``y`` inside
+  ``pyro.plate("data", dataset_size, subsample=...)``;
+* ``bnn.guide(x, y=None)``: the mean-field posterior q(w) = prod N(loc, softplus(rho)^2),
+  emitting ``Normal(loc, scale).to_event(k)`` sites so that mean-field ELBOs use the closed-form
+  KL divergence.
+
+Both are plain Pyro callables: ``pyro.infer.SVI`` and ``pyro.infer.Predictive`` work on them
+directly. :func:`bayesdistill.fit` trains them faster with the same semantics.
+
+Implementation notes (see ``DESIGN.md`` section 2): the guide's variational parameters live in
+two flat tensors (``loc``, ``rho``) so that one optimizer step, one softplus and the parameter
+registration each touch two tensors, whatever the depth of the network. Bayesian parameters of
+the wrapped network are turned into non-persistent buffers; a forward pass writes the sampled
+tensors into those buffer slots and restores them afterwards, which costs two dict writes per
+tensor (cheaper than ``torch.func.functional_call``) and works under ``torch.func.vmap`` for the
+vectorized predictive.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Optional, Union
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from torch import Tensor, nn
+
+from ..errors import DataError, PosteriorMismatchError, ShapeMismatchError, UnsupportedLayerError
+from . import local_reparam as _lrt
+from .likelihoods import Categorical, Likelihood
+from .posterior import MeanFieldPosterior, ParamInfo
+from .priors import Normal as NormalPrior
+from .priors import Prior
+
+__all__ = ["BNN", "BAYESIAN_LAYERS", "NORM_LAYERS"]
+
+#: Layers whose parameters become Bayesian by default.
+BAYESIAN_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.Embedding,
+    nn.MultiheadAttention,
+)
+#: Normalization layers: deterministic unless ``bayesian_norm=True``.
+NORM_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
+
+Selector = Union[None, str, Sequence[str], Callable[[str, nn.Module], bool]]
+_counter = itertools.count()
+
+
+def _softplus_inv(x: Tensor) -> Tensor:
+    """Inverse of softplus, stable for small and large x > 0."""
+    return x + torch.log(-torch.expm1(-x))
+
+
+def _selected(selector: Selector, path: str, module: nn.Module) -> bool:
+    if selector is None:
+        return False
+    if callable(selector) and not isinstance(selector, str):
+        return bool(selector(path, module))
+    patterns = [selector] if isinstance(selector, str) else list(selector)
+    return any(fnmatch.fnmatchcase(path, p) for p in patterns)
+
+
+class _Site:
+    """One Bayesian parameter tensor: its module, attribute, flat slice and site name."""
+
+    __slots__ = ("name", "module", "attr", "shape", "numel", "offset", "lrt")
+
+    def __init__(self, name: str, module: nn.Module, attr: str, shape: torch.Size, offset: int, lrt: bool):
+        self.name, self.module, self.attr = name, module, attr
+        self.shape, self.numel, self.offset, self.lrt = shape, shape.numel(), offset, lrt
+
+
+class BNN(nn.Module):
+    """A mean-field Bayesian neural network built from an unmodified ``nn.Module``.
+
+    Args:
+        net: the network f(x; w). Parameters of ``Linear``, ``Conv1d/2d/3d``,
+            ``ConvTranspose1d/2d``, ``Bilinear``, ``Embedding`` and ``MultiheadAttention`` become
+            Bayesian; normalization layers stay deterministic unless ``bayesian_norm=True``. Any
+            other module with parameters raises :class:`UnsupportedLayerError` unless it is kept
+            deterministic by ``deterministic``. The BNN keeps its own deep copy of ``net``.
+        prior: a :mod:`bayesdistill.priors` object (default ``priors.Normal(0, 1)``).
+        likelihood: a :mod:`bayesdistill.likelihoods` object (default ``Categorical()``).
+        dataset_size: N, the number of training examples; the batch log-likelihood is scaled by
+            N / batch_size. ``None`` means "the batch is the whole data set".
+        deterministic: module paths (``fnmatch`` patterns, e.g. ``"features.*"``) or a callable
+            ``(path, module) -> bool`` selecting modules kept as point estimates.
+        bayesian_norm: make normalization-layer affine parameters Bayesian too.
+        init: initial posterior means: ``"module"`` (the network's own initialization),
+            ``"prior-mean"`` (the prior's means, e.g. a teacher's aligned means), or a
+            :class:`MeanFieldPosterior` (means *and* scales copied from it).
+        init_scale: initial posterior standard deviation (weight units), default 1e-2.
+        name: the prefix under which :func:`pyro.module` registers the parameters (unique by
+            default, so that a teacher and a student never share Pyro param-store entries).
+
+    Shapes: ``model(x, y)`` takes the network's input batch ``x`` and targets ``y`` of the
+    likelihood's shape (``[B]`` int64 for ``Categorical``, ``[B, D]`` float for ``Normal``).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        prior: Optional[Prior] = None,
+        likelihood: Optional[Likelihood] = None,
+        dataset_size: Optional[int] = None,
+        *,
+        deterministic: Selector = None,
+        bayesian_norm: bool = False,
+        init: Union[str, MeanFieldPosterior] = "module",
+        init_scale: float = 1e-2,
+        name: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"BNN expects an nn.Module, got {type(net).__name__}")
+        if dataset_size is not None and (not isinstance(dataset_size, int) or dataset_size < 1):
+            raise ValueError(f"dataset_size must be a positive int or None, got {dataset_size!r}")
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
+        self.net = copy.deepcopy(net)
+        self.prior = prior if prior is not None else NormalPrior(0.0, 1.0)
+        self.likelihood = likelihood if likelihood is not None else Categorical()
+        self.dataset_size = dataset_size
+        self.kl_weight = 1.0
+        self.pyro_name = name or f"bnn{next(_counter)}"
+        self._register_params = True
+        self._subsample_cache: dict[tuple[int, torch.device], Tensor] = {}
+
+        sites, info, inits = self._convert(deterministic, bayesian_norm)
+        if not sites:
+            raise UnsupportedLayerError(
+                f"{type(net).__name__} has no Bayesian parameters (no Linear/Conv/... layer outside "
+                "the deterministic selection); nothing to infer"
+            )
+        self._sites: list[_Site] = sites
+        self._numels = [s.numel for s in sites]
+        self.param_info: dict[str, ParamInfo] = info
+        shapes = {s.name: s.shape for s in sites}
+
+        # prior -> flat buffers (device-safe: they move with .to())
+        p_locs, p_scales = self.prior.materialize(shapes)
+        ploc, pscale = [], []
+        for s in sites:
+            for what, table, out in (("loc", p_locs, ploc), ("scale", p_scales, pscale)):
+                t = torch.as_tensor(table[s.name], dtype=inits[s.name].dtype)
+                try:
+                    out.append(t.expand(s.shape).reshape(-1))
+                except RuntimeError:
+                    raise ShapeMismatchError(
+                        f"prior {what} for parameter {s.name!r} has shape {tuple(t.shape)}, which "
+                        f"does not broadcast to the parameter's shape {tuple(s.shape)}"
+                    ) from None
+        self.register_buffer("prior_loc", torch.cat(ploc).detach().clone())
+        self.register_buffer("prior_scale", torch.cat(pscale).detach().clone())
+        if not (self.prior_scale > 0).all():
+            raise ValueError("prior scales must be > 0")
+
+        # variational parameters, flat
+        if isinstance(init, MeanFieldPosterior):
+            init.check_compatible(shapes, "BNN")
+            loc0 = torch.cat([init.locs[s.name].detach().reshape(-1).cpu() for s in sites])
+            scale0 = torch.cat([init.scales[s.name].detach().reshape(-1).cpu() for s in sites])
+        elif init == "module":
+            loc0 = torch.cat([inits[s.name].reshape(-1) for s in sites])
+            scale0 = torch.full_like(loc0, float(init_scale))
+        elif init == "prior-mean":
+            loc0 = self.prior_loc.clone()
+            scale0 = torch.full_like(loc0, float(init_scale))
+        else:
+            raise ValueError(f"init must be 'module', 'prior-mean' or a MeanFieldPosterior, got {init!r}")
+        self.loc = nn.Parameter(loc0.to(self.prior_loc.device).clone())
+        self.rho = nn.Parameter(_softplus_inv(scale0.to(self.prior_loc.device).clone()))
+
+    # ------------------------------------------------------------------ construction
+    def _convert(self, deterministic: Selector, bayesian_norm: bool):
+        sites, info, inits = [], {}, {}
+        offset = 0
+        for path, module in self.net.named_modules():
+            own = [(a, p) for a, p in module._parameters.items() if p is not None]
+            if not own:
+                continue
+            if _selected(deterministic, path, module):
+                continue
+            is_norm = isinstance(module, NORM_LAYERS)
+            if is_norm and not bayesian_norm:
+                continue
+            if not (isinstance(module, BAYESIAN_LAYERS) or is_norm):
+                raise UnsupportedLayerError(
+                    f"module {path or '<root>'!r} ({type(module).__name__}) has parameters "
+                    f"{[a for a, _ in own]} but is not a layer bayesdistill can make Bayesian "
+                    f"(supported: {', '.join(t.__name__ for t in BAYESIAN_LAYERS)}, and normalization "
+                    f"layers with bayesian_norm=True). Keep it as a point estimate with "
+                    f"deterministic=[{path!r}]"
+                )
+            lrt = isinstance(module, _lrt.LRT_LAYERS) and type(module).forward in {
+                t.forward for t in _lrt.LRT_LAYERS
+            }
+            for attr, p in own:
+                if not p.is_floating_point():
+                    continue
+                name = f"{path}.{attr}" if path else attr
+                value = p.detach().clone()
+                del module._parameters[attr]
+                module.register_buffer(attr, value, persistent=False)
+                sites.append(_Site(name, module, attr, value.shape, offset, lrt))
+                info[name] = ParamInfo(path, type(module).__name__, attr)
+                inits[name] = value
+                offset += value.numel()
+        # keep parameter order of the original network: named_modules visits modules in
+        # registration order and attributes in registration order, as named_parameters does
+        return sites, info, inits
+
+    # ------------------------------------------------------------------ views
+    @property
+    def site_names(self) -> list[str]:
+        """Names of the Bayesian parameters (= Pyro sample sites), in network order."""
+        return [s.name for s in self._sites]
+
+    @property
+    def shapes(self) -> dict[str, torch.Size]:
+        """Bayesian parameter name -> shape."""
+        return {s.name: s.shape for s in self._sites}
+
+    @property
+    def num_weights(self) -> int:
+        """Number of Bayesian weights (scalars)."""
+        return int(self.loc.numel())
+
+    def scale(self) -> Tensor:
+        """Flat posterior standard deviations softplus(rho), shape ``[num_weights]``."""
+        return F.softplus(self.rho)
+
+    def _split(self, flat: Tensor) -> list[Tensor]:
+        return [t.view(s.shape) for t, s in zip(flat.split(self._numels), self._sites)]
+
+    # ------------------------------------------------------------------ Pyro program
+    @property
+    def model(self) -> Callable[..., Tensor]:
+        """The Pyro model ``model(x, y=None) -> network output``."""
+        return self._model
+
+    @property
+    def guide(self) -> Callable[..., None]:
+        """The Pyro mean-field guide ``guide(x, y=None)``."""
+        return self._guide
+
+    def _kl_scale(self):
+        w = self.kl_weight
+        return nullcontext() if w == 1.0 else poutine.scale(scale=w)
+
+    def _model(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        if self._register_params:
+            pyro.module(self.pyro_name, self)
+        weights = {}
+        with self._kl_scale():
+            for s, loc, scale in zip(self._sites, self._split(self.prior_loc), self._split(self.prior_scale)):
+                fn = dist.Normal(loc, scale, validate_args=False).to_event(len(s.shape))
+                weights[s.name] = pyro.sample(s.name, fn)
+        out = self.forward_with(x, weights, _lrt.current())
+        batch = out.shape[0]
+        size = self.dataset_size or batch
+        with pyro.plate("data", size=size, subsample=self._subsample(batch, out.device)):
+            self.likelihood.observe(out, y)
+        return out
+
+    def _guide(self, x: Optional[Tensor] = None, y: Optional[Tensor] = None) -> None:
+        if self._register_params:
+            pyro.module(self.pyro_name, self)
+        lrt = _lrt.current() is not None
+        scale = F.softplus(self.rho)
+        # one noise draw for all weights; each site still emits its own Normal(loc, scale).
+        # Under local reparameterization most sites are not sampled at all: draw per site then.
+        draws = [None] * len(self._sites) if lrt else self._split(self.loc + scale * torch.randn_like(scale))
+        with self._kl_scale():
+            for s, loc, sc, w in zip(self._sites, self._split(self.loc), self._split(scale), draws):
+                fn = _PresampledNormal(loc, sc, w).to_event(len(s.shape))
+                pyro.sample(s.name, fn, infer={_lrt.INFER_KEY: True} if (lrt and s.lrt) else {})
+
+    def _subsample(self, batch: int, device: torch.device) -> Tensor:
+        key = (batch, device)
+        idx = self._subsample_cache.get(key)
+        if idx is None:
+            idx = self._subsample_cache[key] = torch.arange(batch, device=device)
+        return idx
+
+    # ------------------------------------------------------------------ forward passes
+    def forward_with(
+        self,
+        x: Tensor,
+        weights: dict[str, Tensor],
+        lrt: Optional[_lrt.LocalReparameterization] = None,
+    ) -> Tensor:
+        """Run the network with the given Bayesian weights (name -> tensor of the parameter's shape).
+
+        With an active :class:`LocalReparameterization` handler that recorded this network's
+        guide moments, Linear/Conv layers sample their pre-activations instead.
+        """
+        moments = lrt.moments if lrt is not None else None
+        patched = []
+        try:
+            for s in self._sites:
+                s.module._buffers[s.attr] = weights[s.name]
+            if moments:
+                for s in self._sites:
+                    if s.lrt and s.attr == "weight" and s.name in moments:
+                        bias_name = s.name[: -len("weight")] + "bias"
+                        b = moments.get(bias_name, (None, None))
+                        s.module.forward = _bind_lrt(s.module, *moments[s.name], *b)
+                        patched.append(s.module)
+            return self.net(x)
+        finally:
+            for m in patched:
+                del m.forward
+            for s in self._sites:
+                s.module._buffers[s.attr] = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The network at the posterior mean weights (a deterministic point prediction)."""
+        return self.forward_with(x, dict(zip(self.site_names, self._split(self.loc))))
+
+    def sample_weights(self, num_samples: int, generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
+        """Draw ``num_samples`` weight sets from q; each tensor is ``[num_samples, *shape]``."""
+        loc, scale = self.loc.detach(), self.scale().detach()
+        eps = torch.randn((num_samples, loc.numel()), generator=generator, device=loc.device, dtype=loc.dtype)
+        flat = loc + scale * eps
+        return {s.name: t.view(num_samples, *s.shape) for s, t in zip(self._sites, flat.split(self._numels, dim=1))}
+
+    @torch.no_grad()
+    def predict(
+        self,
+        x: Tensor,
+        num_samples: int = 32,
+        *,
+        vectorize: bool = True,
+        generator: Optional[torch.Generator] = None,
+    ) -> Tensor:
+        """Network outputs under ``num_samples`` posterior weight samples: ``[S, B, *out]``.
+
+        With ``vectorize=True`` all S samples run in one batched pass (``torch.func.vmap``);
+        layers that vmap does not support fall back to S sequential passes (same samples).
+        The network runs in eval mode (dropout off, BatchNorm running statistics).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            weights = self.sample_weights(num_samples, generator)
+            if vectorize:
+                try:
+                    return torch.func.vmap(lambda w: self.forward_with(x, w))(weights)
+                except (RuntimeError, NotImplementedError):
+                    pass  # an op without a batching rule: do it sample by sample
+            return torch.stack(
+                [self.forward_with(x, {k: v[i] for k, v in weights.items()}) for i in range(num_samples)]
+            )
+        finally:
+            self.train(was_training)
+
+    # ------------------------------------------------------------------ posterior
+    def posterior(self) -> MeanFieldPosterior:
+        """A detached copy of q(w) as a :class:`MeanFieldPosterior` (with point estimates)."""
+        locs = {s.name: t.detach().clone() for s, t in zip(self._sites, self._split(self.loc))}
+        scales = {s.name: t.detach().clone() for s, t in zip(self._sites, self._split(self.scale()))}
+        return MeanFieldPosterior(locs, scales, dict(self.param_info), self.point_estimates(), {})
+
+    def point_estimates(self) -> dict[str, Tensor]:
+        """Deterministic parameters and persistent buffers of the network and the likelihood."""
+        out = {}
+        for prefix, mod in (("net.", self.net), ("likelihood.", self.likelihood)):
+            for k, v in mod.state_dict().items():
+                out[prefix + k] = v.detach().clone()
+        return out
+
+    @torch.no_grad()
+    def load_posterior(self, q: MeanFieldPosterior) -> "BNN":
+        """Set q(w) (and the point estimates) from ``q``; names and shapes must match exactly."""
+        q.check_compatible(self.shapes, "BNN")
+        mine = self.point_estimates()
+        if q.point_estimates and set(q.point_estimates) != set(mine):
+            raise PosteriorMismatchError(
+                f"the posterior's point estimates {sorted(q.point_estimates)} do not match this "
+                f"network's {sorted(mine)}"
+            )
+        dev = self.loc.device
+        self.loc.copy_(torch.cat([q.locs[n].reshape(-1) for n in self.site_names]).to(dev))
+        self.rho.copy_(_softplus_inv(torch.cat([q.scales[n].reshape(-1) for n in self.site_names]).to(dev)))
+        if q.point_estimates:
+            for prefix, mod in (("net.", self.net), ("likelihood.", self.likelihood)):
+                sd = {k[len(prefix):]: v for k, v in q.point_estimates.items() if k.startswith(prefix)}
+                mod.load_state_dict(sd, strict=True)
+        return self
+
+    # ------------------------------------------------------------------ checks
+    @torch.no_grad()
+    def check_data(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """Validate one batch against the network and likelihood before any long computation.
+
+        Raises :class:`DataError` for non-finite inputs, an output the likelihood cannot score,
+        or targets of the wrong shape, dtype or range. Returns the network output.
+        """
+        if not torch.is_tensor(x):
+            raise DataError(f"inputs must be a torch.Tensor, got {type(x).__name__}")
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+            raise DataError(f"inputs contain NaN or inf (first at index {bad})")
+        try:
+            out = self(x.to(self.loc.device))
+        except RuntimeError as err:
+            raise DataError(
+                f"the network could not run on inputs of shape {tuple(x.shape)} and dtype {x.dtype}: {err}"
+            ) from err
+        self.likelihood.check(out, None if y is None else y.to(out.device))
+        return out
+
+    def kl(self) -> Tensor:
+        """KL(q || p) in nats, exact (closed form), unscaled by ``kl_weight``; a 0-d tensor."""
+        from ..infer.elbo import _fused_normal_kl
+
+        return _fused_normal_kl([(self.loc, self.scale(), self.prior_loc, self.prior_scale)])
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_weights={self.num_weights}, sites={len(self._sites)}, dataset_size={self.dataset_size}, "
+            f"prior={self.prior!r}"
+        )
+
+
+class _PresampledNormal(dist.Normal):
+    """``Normal(loc, scale)`` whose next ``rsample()`` returns a draw made beforehand.
+
+    The draw must be ``loc + scale * eps`` with ``eps ~ N(0, I)`` (a reparameterized sample of
+    this very distribution): the BNN guide draws the noise for all weights in one call and
+    hands each site its slice. Expanded copies or draws with a sample shape (vectorized
+    particles, ``Predictive``) fall back to fresh noise, so the semantics are exactly Normal's.
+    """
+
+    def __init__(self, loc: Tensor, scale: Tensor, draw: Optional[Tensor]):
+        super().__init__(loc, scale, validate_args=False)
+        self._draw = draw
+
+    def rsample(self, sample_shape=torch.Size()):
+        draw = getattr(self, "_draw", None)
+        if draw is not None and not sample_shape:
+            return draw
+        return super().rsample(sample_shape)
+
+
+def _bind_lrt(module, w_loc, w_scale, b_loc, b_scale):
+    def forward(x):
+        return _lrt.lrt_forward(module, x, w_loc, w_scale, b_loc, b_scale)
+
+    return forward

@@ -1,0 +1,108 @@
+"""Small benchmark datasets for Bayesian knowledge distillation, all offline.
+
+>>> from bayesdistill import datasets
+>>> data = datasets.load("mnist1d", train_fraction=0.1, seed=0)
+>>> len(data.train), len(data.test), data.input_shape, data.num_classes
+(400, 1000, (40,), 10)
+>>> x, y = data.tensors("train")  # float32 [400, 40], int64 [400]
+
+Datasets (see :func:`available`):
+
+``"mnist1d"``
+    MNIST-1D (Greydanus & Kobak, arXiv:2011.14439): 4000 train / 1000 test
+    sequences of length 40, 10 classes. Generated locally by the ``mnist1d``
+    package and cached as ``.npz`` (see :func:`default_cache_dir`).
+``"digits"``
+    scikit-learn's 8x8 digits (UCI optical digits): 1437 train / 360 test,
+    64 pixels scaled to ``[0, 1]``, 10 classes.
+``"synthetic-regression"``
+    Linear-Gaussian regression of Grabovoy & Strijov (2021): 900 train /
+    124 test, 10 inputs, ``[N, 1]`` targets; see :func:`synthetic_regression`.
+
+The cache directory is ``cache_dir`` if given, else ``$BAYESDISTILL_CACHE``,
+else ``platformdirs.user_cache_dir("bayesdistill")``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ._base import (
+    DatasetBundle,
+    UnknownDatasetError,
+    check_train_fraction,
+    subset_train,
+)
+from ._cache import CACHE_ENV_VAR, default_cache_dir
+from ._digits import load_digits
+from ._mnist1d import load_mnist1d, mnist1d_samples
+from ._synthetic import synthetic_regression
+
+__all__ = [
+    "CACHE_ENV_VAR",
+    "DatasetBundle",
+    "UnknownDatasetError",
+    "available",
+    "default_cache_dir",
+    "load",
+    "mnist1d_samples",
+    "synthetic_regression",
+]
+
+_Builder = Callable[[int, "str | os.PathLike[str] | None"], DatasetBundle]
+
+# Each builder takes (seed, cache_dir) and returns the full dataset.
+_REGISTRY: dict[str, _Builder] = {
+    "mnist1d": lambda seed, cache_dir: load_mnist1d(cache_dir),
+    "digits": lambda seed, cache_dir: load_digits(),
+    "synthetic-regression": lambda seed, cache_dir: synthetic_regression(seed=seed),
+}
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`load`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def load(
+    name: str,
+    *,
+    train_fraction: float = 1.0,
+    seed: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> DatasetBundle:
+    """Load dataset ``name`` as a :class:`DatasetBundle`.
+
+    Parameters
+    ----------
+    name:
+        One of :func:`available` (case-insensitive; ``_`` is read as ``-``).
+    train_fraction:
+        Keep this fraction of the training set, in ``(0, 1]``:
+        ``round(train_fraction * N_train)`` rows (at least one), in their
+        original order. For classification the subset is class-balanced
+        (equal counts per class where class sizes allow; e.g. 0.1 of
+        MNIST-1D gives 400 rows, 40 per class). The test set is unchanged.
+    seed:
+        Seeds the training subset, and for ``"synthetic-regression"`` also the
+        data themselves. The MNIST-1D and digits data do not depend on it.
+    cache_dir:
+        Cache location for generated data (only MNIST-1D uses it).
+
+    Raises
+    ------
+    UnknownDatasetError
+        (a ``KeyError`` and ``ValueError``) for a name not in :func:`available`.
+    ValueError
+        If ``train_fraction`` is not in ``(0, 1]``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    fraction = check_train_fraction(train_fraction)
+    builder = _REGISTRY.get(name.strip().lower().replace("_", "-"))
+    if builder is None:
+        raise UnknownDatasetError(
+            f"unknown dataset {name!r}; available datasets: {', '.join(available())}"
+        )
+    return subset_train(builder(seed, cache_dir), fraction, seed=seed)

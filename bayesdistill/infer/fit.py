@@ -1,0 +1,418 @@
+"""``fit``: stochastic variational inference for a :class:`~bayesdistill.BNN`.
+
+One SVI step is: trace the BNN's mean-field guide, replay its model against the draw, take the
+negative ELBO of :class:`~bayesdistill.infer.MeanFieldELBO` (expected NLL on the batch scaled
+to the data set, plus the exact KL), backpropagate, and update all variational parameters with
+one ``torch.optim`` optimizer. The hot path follows ``DESIGN.md`` section 2: Pyro validation and
+parameter-store registration are off, tensors stay on the device, and the host synchronizes
+once per epoch on CUDA (once per step on CPU, where checking the loss is free).
+
+Checkpoints (``checkpoint_dir=``) hold the variational parameters, the optimizer and scheduler
+state, every RNG state and the history; they are written atomically after each epoch, and
+``resume=True`` continues from the last one so that a crash loses no finished epoch (a resumed
+CPU run is bit-identical to an uninterrupted one).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import pyro
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm import tqdm
+
+from ..bnn.local_reparam import LocalReparameterization
+from ..bnn.network import BNN
+from ..bnn.posterior import atomic_save
+from ..errors import DataError, NonFiniteLossError
+from .elbo import MeanFieldELBO
+
+__all__ = ["fit", "FitResult", "Batches", "CHECKPOINT_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_VERSION = 1
+
+Data = Union[Dataset, DataLoader, tuple[Tensor, Tensor]]
+Callback = Callable[[dict[str, float], BNN], Optional[bool]]
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        history: one dict per epoch: ``epoch``, ``elbo`` (nats, full data set), ``nll``
+            (expected negative log-likelihood of the data set, nats), ``kl`` (KL(q||p), nats,
+            unweighted), ``loss`` (the objective optimized: nll + kl_weight * kl, averaged over
+            the epoch's steps), ``kl_weight``, ``lr``, ``time_s`` (wall time of the epoch), and
+            ``eval_*`` metrics when ``eval_data`` was given.
+        bnn: the trained network (the same object that was passed in).
+        stopped_early: a callback asked to stop.
+        checkpoint: path of the last checkpoint written, if any.
+    """
+
+    history: list[dict[str, float]]
+    bnn: BNN
+    stopped_early: bool = False
+    checkpoint: Optional[Path] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def column(self, key: str) -> list[float]:
+        """One history column, e.g. ``result.column("elbo")``."""
+        return [row[key] for row in self.history]
+
+    def to_csv(self, path: Union[str, Path]) -> Path:
+        """Write the history as CSV (one row per epoch)."""
+        import csv
+
+        path = Path(path)
+        keys = list(dict.fromkeys(k for row in self.history for k in row))
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.history)
+        return path
+
+
+class Batches:
+    """Mini-batches ``(x, y)`` on a device, reproducible per (seed, epoch).
+
+    A ``TensorDataset`` or an ``(x, y)`` tuple is moved to the device once and sliced with a
+    per-epoch permutation (no per-example Python work); any other ``Dataset`` goes through a
+    ``DataLoader`` whose shuffling generator is seeded per epoch; a ``DataLoader`` is used as
+    given.
+    """
+
+    def __init__(self, data: Data, batch_size: int, device: torch.device, seed: int, shuffle: bool = True):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.device, self.seed, self.batch_size, self.shuffle = device, seed, batch_size, shuffle
+        self.loader: Optional[DataLoader] = None
+        self.tensors: Optional[tuple[Tensor, ...]] = None
+        if isinstance(data, tuple) and all(torch.is_tensor(t) for t in data):
+            data = TensorDataset(*data)
+        if isinstance(data, TensorDataset):
+            self.tensors = tuple(t.to(device) for t in data.tensors)
+        elif isinstance(data, DataLoader):
+            self.loader = data
+        elif isinstance(data, Dataset):
+            self.dataset = data
+        else:
+            raise DataError(
+                f"training data must be a torch Dataset, a DataLoader or an (x, y) tuple of tensors, "
+                f"got {type(data).__name__}"
+            )
+
+    def __len__(self) -> int:
+        if self.tensors is not None:
+            return math.ceil(len(self.tensors[0]) / self.batch_size)
+        if self.loader is not None:
+            return len(self.loader)
+        return math.ceil(len(self.dataset) / self.batch_size)  # type: ignore[arg-type]
+
+    @property
+    def num_examples(self) -> int:
+        if self.tensors is not None:
+            return len(self.tensors[0])
+        return len(self.loader.dataset if self.loader is not None else self.dataset)  # type: ignore[arg-type]
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, ...]]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        if self.tensors is not None:
+            n = len(self.tensors[0])
+            order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+            order = order.to(self.device)
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                yield tuple(t.index_select(0, idx) for t in self.tensors)
+            return
+        loader = self.loader or DataLoader(self.dataset, self.batch_size, shuffle=self.shuffle, generator=gen)
+        for batch in loader:
+            if torch.is_tensor(batch):
+                batch = (batch,)
+            yield tuple(t.to(self.device, non_blocking=True) for t in batch)
+
+    def first(self) -> tuple[Tensor, ...]:
+        return next(iter(self.epoch(0)))
+
+
+def _resolve_device(bnn: BNN, device: Union[str, torch.device, None]) -> torch.device:
+    if device is None:
+        return bnn.loc.device
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={str(device)!r} was requested but CUDA is not available here; use device='cpu'")
+    return device
+
+
+def _validate(bnn: BNN, batches: Batches) -> None:
+    """Check the data against the network and likelihood before training starts."""
+    if batches.tensors is not None:
+        x, *rest = batches.tensors
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x.reshape(len(x), -1))).any(1).nonzero()[0])
+            raise DataError(f"training inputs contain NaN or inf (first in example {bad})")
+        if not rest:
+            raise DataError("training data hold inputs only; fit needs (inputs, targets)")
+        y = rest[0]
+        if y.is_floating_point() and not torch.isfinite(y).all():
+            raise DataError("training targets contain NaN or inf")
+        if len(y) != len(x):
+            raise DataError(f"inputs and targets differ in length: {len(x)} inputs, {len(y)} targets")
+        # check the whole label vector against the output of the first batch
+        out = bnn.check_data(x[: batches.batch_size])
+        bnn.likelihood.check(out[:1].expand(len(y), *out.shape[1:]), y)
+        return
+    batch = batches.first()
+    if len(batch) < 2:
+        raise DataError("training batches hold inputs only; fit needs (inputs, targets)")
+    bnn.check_data(batch[0], batch[1])
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, lr_schedule: Any, epochs: int):
+    if lr_schedule is None:
+        return None
+    if lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    if callable(lr_schedule):
+        return lr_schedule(optimizer)
+    raise ValueError(f"lr_schedule must be None, 'cosine' or a callable(optimizer) -> scheduler, got {lr_schedule!r}")
+
+
+def _kl_weight_at(kl_weight: Union[float, Callable[[int], float]], epoch: int) -> float:
+    w = float(kl_weight(epoch)) if callable(kl_weight) else float(kl_weight)
+    if not (w >= 0 and math.isfinite(w)):
+        raise ValueError(f"kl_weight must be a finite number >= 0, got {w} at epoch {epoch}")
+    return w
+
+
+def fit(
+    bnn: BNN,
+    data: Data,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    device: Union[str, torch.device, None] = None,
+    seed: Optional[int] = 0,
+    num_particles: int = 1,
+    local_reparam: bool = False,
+    kl_weight: Union[float, Callable[[int], float]] = 1.0,
+    clip_grad_norm: Optional[float] = None,
+    lr_schedule: Union[None, str, Callable[[torch.optim.Optimizer], Any]] = None,
+    weight_decay: float = 0.0,
+    callbacks: Sequence[Callback] = (),
+    eval_data: Optional[Data] = None,
+    eval_samples: int = 8,
+    progress: bool = True,
+    checkpoint_dir: Union[str, Path, None] = None,
+    resume: bool = False,
+) -> FitResult:
+    """Fit the mean-field posterior of ``bnn`` by SVI (Pyro, :class:`MeanFieldELBO`, Adam).
+
+    Args:
+        bnn: the Bayesian network; trained in place.
+        data: training data: a ``TensorDataset``, an ``(x, y)`` tuple, any ``Dataset`` yielding
+            ``(x, y)``, or a ``DataLoader`` (used as given).
+        epochs: number of passes over ``data`` (the total, counting resumed epochs).
+        batch_size: examples per SVI step.
+        lr: Adam learning rate.
+        device: ``"cpu"``, ``"cuda"``, ...; the BNN and batches are moved there (default: where
+            the BNN is).
+        seed: seeds Pyro/torch/numpy/random and the batch order; CPU runs are bit-reproducible.
+            ``None`` leaves the global RNGs alone.
+        num_particles: Monte Carlo particles per ELBO estimate.
+        local_reparam: sample pre-activations of Linear/Conv layers (local reparameterization,
+            Kingma et al. 2015) instead of weights; the KL stays exact.
+        kl_weight: multiplies the KL (through the guide and prior sites' scale): a float, or a
+            callable ``epoch -> weight`` (1-based epochs) for annealing, e.g.
+            ``lambda e: min(1.0, e / 10)``. Values < 1 give a "cold" posterior.
+        clip_grad_norm: clip the global gradient norm to this value.
+        lr_schedule: ``None``, ``"cosine"`` (cosine annealing over ``epochs``) or a callable
+            ``optimizer -> torch LR scheduler``, stepped once per epoch.
+        weight_decay: Adam weight decay on all variational parameters (normally 0: the KL term is
+            the regularizer).
+        callbacks: callables ``(record, bnn) -> bool | None`` run after each epoch with that
+            epoch's history record; returning ``True`` stops training.
+        eval_data: optional held-out data evaluated after each epoch (``eval_*`` columns) with
+            ``eval_samples`` posterior samples.
+        progress: show a progress bar (one tick per epoch).
+        checkpoint_dir: write ``checkpoint.pt`` there atomically after every epoch.
+        resume: continue from the checkpoint in ``checkpoint_dir`` if there is one.
+
+    Returns:
+        A :class:`FitResult` with the per-epoch history.
+
+    Raises:
+        DataError: the data do not fit the network or the likelihood (raised before training).
+        NonFiniteLossError: the ELBO became NaN/inf; the BNN is restored to its state at the
+            start of that epoch (the last good checkpoint on disk is untouched).
+    """
+    if not isinstance(bnn, BNN):
+        raise TypeError(f"fit expects a bd.BNN, got {type(bnn).__name__}; wrap your network with bd.BNN(net, ...)")
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir= (where the checkpoint is)")
+    device = _resolve_device(bnn, device)
+    bnn.to(device)
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    batches = Batches(data, batch_size, device, seed or 0)
+    _validate(bnn, batches)
+    eval_batches = Batches(eval_data, 1024, device, 0, shuffle=False) if eval_data is not None else None
+
+    optimizer = torch.optim.Adam(bnn.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = _make_scheduler(optimizer, lr_schedule, epochs)
+    elbo = MeanFieldELBO(num_particles=num_particles)
+    history: list[dict[str, float]] = []
+    start_epoch = 1
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    config = {"batch_size": batch_size, "lr": lr, "seed": seed, "num_particles": num_particles,
+              "local_reparam": local_reparam, "num_examples": batches.num_examples}
+
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt.get("version") != CHECKPOINT_VERSION or ckpt.get("site_shapes") != {k: tuple(v) for k, v in bnn.shapes.items()}:
+            raise ValueError(
+                f"checkpoint {str(ckpt_path)!r} was written for another network or format; "
+                "point checkpoint_dir at a fresh folder or delete it"
+            )
+        bnn.load_state_dict(ckpt["bnn"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"], device)
+        history = list(ckpt["history"])
+        start_epoch = int(ckpt["epoch"]) + 1
+
+    params = [p for p in bnn.parameters() if p.requires_grad]
+    check_each_step = device.type == "cpu"
+    stopped = False
+    saved_register, saved_weight, was_training = bnn._register_params, bnn.kl_weight, bnn.training
+    bnn._register_params = False
+    bnn.train()
+    bar = tqdm(range(start_epoch, epochs + 1), disable=not progress, desc="fit", unit="epoch",
+               initial=start_epoch - 1, total=epochs, leave=True)
+    try:
+        with pyro.validation_enabled(False):
+            for epoch in bar:
+                t0 = time.perf_counter()
+                bnn.kl_weight = _kl_weight_at(kl_weight, epoch)
+                snapshot = {k: v.detach().clone() for k, v in bnn.state_dict().items()}
+                loss_sum = torch.zeros((), device=device)
+                nll_sum = torch.zeros((), device=device)
+                first_bad = torch.full((), -1, dtype=torch.long, device=device)
+                steps = 0
+                for steps, (x, y, *_) in enumerate(batches.epoch(epoch), start=1):
+                    optimizer.zero_grad(set_to_none=True)
+                    with LocalReparameterization() if local_reparam else nullcontext():
+                        loss = elbo.differentiable_loss(bnn.model, bnn.guide, x, y)
+                    finite = torch.isfinite(loss)
+                    if check_each_step and not bool(finite):
+                        first_bad.fill_(steps)
+                        break
+                    first_bad = torch.where((first_bad < 0) & ~finite, steps, first_bad)
+                    loss.backward()
+                    if clip_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+                    optimizer.step()
+                    loss_sum += loss.detach()
+                    nll_sum += elbo.last_parts["nll"]
+                bad_step = int(first_bad)  # one host sync per epoch
+                if bad_step >= 0 or not math.isfinite(float(loss_sum)):
+                    bnn.load_state_dict(snapshot)
+                    raise _nonfinite_error(bnn, epoch, bad_step if bad_step >= 0 else None, lr, ckpt_path)
+                if scheduler is not None:
+                    scheduler.step()
+                with torch.no_grad():
+                    kl = float(bnn.kl())
+                nll = float(nll_sum) / max(steps, 1)
+                record = {
+                    "epoch": epoch,
+                    "elbo": -(nll + kl),
+                    "nll": nll,
+                    "kl": kl,
+                    "loss": float(loss_sum) / max(steps, 1),
+                    "kl_weight": bnn.kl_weight,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "time_s": time.perf_counter() - t0,
+                }
+                if eval_batches is not None:
+                    from .predictive import evaluate
+
+                    scores = evaluate(bnn, eval_batches, num_samples=eval_samples)
+                    record.update({f"eval_{k}": v for k, v in scores.items() if k != "num_samples"})
+                    bnn.train()
+                history.append(record)
+                bar.set_postfix(elbo=f"{record['elbo']:.4g}", nll=f"{nll:.4g}", kl=f"{kl:.4g}")
+                if ckpt_path is not None:
+                    atomic_save(
+                        {
+                            "version": CHECKPOINT_VERSION,
+                            "epoch": epoch,
+                            "bnn": bnn.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                            "rng": _rng_state(device),
+                            "history": history,
+                            "config": config,
+                            "site_shapes": {k: tuple(v) for k, v in bnn.shapes.items()},
+                        },
+                        ckpt_path,
+                    )
+                if any(cb(record, bnn) is True for cb in callbacks):
+                    stopped = True
+                    break
+    finally:
+        bar.close()
+        bnn._register_params, bnn.kl_weight = saved_register, saved_weight
+        bnn.train(was_training)
+    return FitResult(history, bnn, stopped, ckpt_path if ckpt_path is not None and ckpt_path.exists() else None)
+
+
+def _nonfinite_error(bnn: BNN, epoch: int, step: Optional[int], lr: float, ckpt: Optional[Path]) -> NonFiniteLossError:
+    where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
+    if not all(torch.isfinite(p).all() for p in bnn.parameters()):
+        cause = f"the variational parameters diverged: lower the learning rate (lr={lr}) or set clip_grad_norm"
+    else:
+        cause = (
+            f"the objective itself was not finite with finite parameters: a too high learning rate "
+            f"(lr={lr}) that overshot in one step, extreme inputs or targets, or a likelihood/prior "
+            "scale near zero; try a lower lr, clip_grad_norm, or standardized data"
+        )
+    kept = f" The last good checkpoint is {str(ckpt)!r}." if ckpt is not None and ckpt.exists() else ""
+    return NonFiniteLossError(
+        f"the ELBO became NaN/inf at {where}. Likely cause: {cause}. The network was restored to its "
+        f"state at the start of epoch {epoch}.{kept}",
+        epoch=epoch,
+        step=step,
+        checkpoint=str(ckpt) if ckpt is not None and ckpt.exists() else None,
+    )
