@@ -27,6 +27,7 @@ from .errors import (
     UnsupportedLayerError,
 )
 from .infer import FitResult, MeanFieldELBO, evaluate, fit, predict
+from .diagnostics import plots
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "likelihoods",
     "datasets",
     "diagnostics",
+    "plots",
     "models",
     "errors",
     "DataError",

@@ -45,6 +45,9 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
@@ -244,7 +247,8 @@ class MeanFieldPosterior(Mapping[str, tuple[Tensor, Tensor]]):
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for damaged zip/pickle data
             raise PosteriorFormatError(
-                f"{str(path)!r} could not be read as a posterior file ({type(err).__name__}: {err}); "
+                f"{str(path)!r} could not be read as a posterior file ({type(err).__name__}: "
+                f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
                 "it may be truncated or not a file written by MeanFieldPosterior.save"
             ) from err
         return cls.from_state(state, map_location=map_location, source=repr(str(path)))

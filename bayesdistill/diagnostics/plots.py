@@ -1,0 +1,388 @@
+"""Diagnostic plots: training curves, reliability diagrams and weight signal-to-noise ratios.
+
+Every function returns a :class:`matplotlib.figure.Figure` and never calls ``plt.show()``.
+Figures are built with the object API on a bare ``Figure`` (not ``pyplot``), so they need no
+display, hold no global ``pyplot`` state (nothing to ``plt.close``) and work with any backend,
+Agg included. In a notebook the returned figure displays once, as the cell's value.
+
+>>> from bayesdistill.diagnostics import plots
+>>> fig = plots.elbo(result)                   # a FitResult, its history, or a history.csv path
+>>> fig = plots.calibration(bnn, data.test)    # reliability diagram, ECE in the title
+>>> fig = plots.snr_histogram(bnn.posterior()) # |loc| / scale per layer
+>>> plots.save(fig, "elbo.png")
+
+Units: the ELBO, its expected negative log-likelihood (NLL) and KL(q || p) are in nats for the
+whole training set (as in :class:`~bayesdistill.FitResult`); confidences and accuracies are
+probabilities; the signal-to-noise ratio is dimensionless.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .metrics import calibration_curve, expected_calibration_error
+
+if TYPE_CHECKING:  # matplotlib is imported on first use: `import bayesdistill` stays fast
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["elbo", "calibration", "snr_histogram", "save"]
+
+History = Union[Sequence[Mapping[str, float]], str, os.PathLike]
+
+
+# --------------------------------------------------------------------------- helpers
+def _new_figure(nrows: int = 1, ncols: int = 1, *, figsize=(6.4, 4.8), **kw) -> tuple["Figure", Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _history_rows(result_or_history: Any) -> list[dict[str, float]]:
+    """A FitResult, a list of per-epoch dicts, or the path of a ``history.csv``."""
+    history = getattr(result_or_history, "history", result_or_history)
+    if isinstance(history, (str, os.PathLike)):
+        with open(history, newline="") as fh:
+            rows = []
+            for row in csv.DictReader(fh):
+                parsed = {}
+                for k, v in row.items():
+                    try:
+                        parsed[k] = float(v)
+                    except (TypeError, ValueError):
+                        continue  # empty cells (a column only some epochs have) or text
+                rows.append(parsed)
+            return rows
+    if not isinstance(history, Sequence) or not all(isinstance(r, Mapping) for r in history):
+        raise TypeError(
+            "elbo() expects a FitResult, a list of per-epoch dicts (FitResult.history) or the path "
+            f"of a history.csv; got {type(result_or_history).__name__}"
+        )
+    return [dict(r) for r in history]
+
+
+def _column(rows: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for i, row in enumerate(rows, start=1):
+        v = row.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            xs.append(float(row.get("epoch", i)))
+            ys.append(float(v))
+    return xs, ys
+
+
+# --------------------------------------------------------------------------- ELBO
+def elbo(result_or_history: Any, ax: Optional["Axes"] = None) -> "Figure":
+    """Training curves: the ELBO and its two parts, the expected NLL and KL(q || p), per epoch.
+
+    Args:
+        result_or_history: a :class:`~bayesdistill.FitResult`, its ``history`` (a list of dicts
+            with ``epoch``, ``elbo``, ``nll``, ``kl``), or the path of a ``history.csv`` written
+            by :meth:`FitResult.to_csv`.
+        ax: draw ELBO, NLL and KL as three lines on this one axes (returns its figure).
+
+    Without ``ax`` the figure has two panels sharing the epoch axis: the ELBO (top), and the NLL
+    and KL (bottom, log scale when both are positive), all in nats over the whole training set.
+    When the history holds held-out metrics (``eval_*`` columns from ``fit(eval_data=...)``), a
+    third panel plots them (their own units: accuracy, per-example nats, ...).
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    rows = _history_rows(result_or_history)
+    if not rows:
+        raise ValueError("elbo(): the history is empty (no epoch was trained)")
+    missing = [k for k in ("elbo", "nll", "kl") if not _column(rows, k)[0]]
+    if missing:
+        raise ValueError(f"elbo(): the history has no {missing} column(s); expected fit()'s history")
+
+    if ax is not None:
+        for key, label in (("elbo", "ELBO"), ("nll", "expected NLL"), ("kl", "KL(q || p)")):
+            ax.plot(*_column(rows, key), label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("nats")
+        ax.set_title("ELBO = -(NLL + KL)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
+        return ax.figure
+
+    eval_keys = [
+        k for k in dict.fromkeys(k for r in rows for k in r)
+        if k.startswith("eval_") and _column(rows, k)[0]
+    ]
+    n_panels = 3 if eval_keys else 2
+    fig, axes = _new_figure(n_panels, 1, figsize=(6.4, 2.6 * n_panels + 0.4), sharex=True)
+    axes = axes[:, 0]
+
+    top = axes[0]
+    top.plot(*_column(rows, "elbo"), color="C0", label="ELBO")
+    top.set_ylabel("ELBO (nats)")
+    top.set_title("Evidence lower bound (whole training set)")
+    top.legend(loc="lower right")
+    top.grid(alpha=0.3)
+
+    mid = axes[1]
+    x_nll, nll = _column(rows, "nll")
+    x_kl, kl = _column(rows, "kl")
+    mid.plot(x_nll, nll, color="C1", label="expected NLL")
+    mid.plot(x_kl, kl, color="C2", label="KL(q || p)")
+    if min(nll + kl) > 0:
+        mid.set_yscale("log")
+    mid.set_ylabel("nats")
+    mid.set_title("-ELBO = NLL + KL")
+    mid.legend(loc="best")
+    mid.grid(alpha=0.3, which="both")
+
+    if eval_keys:
+        bottom = axes[2]
+        for i, key in enumerate(eval_keys):
+            bottom.plot(*_column(rows, key), color=f"C{(i + 3) % 10}", label=key[len("eval_"):])
+        bottom.set_title("held-out metrics (eval_data)")
+        bottom.set_ylabel("value (metric units)")
+        bottom.legend(loc="best", fontsize="small", ncols=2)
+        bottom.grid(alpha=0.3)
+    axes[-1].set_xlabel("epoch")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+# --------------------------------------------------------------------------- calibration
+@torch.no_grad()
+def _predictive_probs(bnn, data, num_samples: int, seed: Optional[int]) -> tuple[Tensor, Tensor]:
+    from ..infer.predictive import predict
+
+    logits, targets = predict(bnn, data, num_samples=num_samples, seed=seed)
+    if targets is None:
+        raise ValueError("calibration() needs labelled data (inputs and targets)")
+    # the same arithmetic (and dtype) as classification_metrics, so the ECE equals evaluate()'s
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    log_p = torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])
+    return log_p.exp(), targets
+
+
+def calibration(
+    bnn: Any = None,
+    data: Any = None,
+    *,
+    probs: Optional[Tensor] = None,
+    targets: Optional[Tensor] = None,
+    num_samples: int = 32,
+    n_bins: int = 15,
+    seed: Optional[int] = 0,
+    title: Optional[str] = None,
+) -> "Figure":
+    """Reliability diagram of a classifier's posterior predictive, with the ECE in the title.
+
+    Call it either with a trained network and labelled data::
+
+        calibration(bnn, data.test, num_samples=32)   # p(y|x) = mean of S softmax outputs
+
+    or with predictive probabilities you already have::
+
+        calibration(probs=p, targets=y)                # p: [N, C] probabilities, y: [N] labels
+
+    The top panel plots, per confidence bin, the accuracy of the top-1 prediction against its
+    mean confidence (a perfectly calibrated model lies on the diagonal; bars below it mean
+    over-confidence) and the bottom panel the number of test points per bin. Binning and ECE are
+    exactly those of :func:`~bayesdistill.diagnostics.expected_calibration_error` and
+    :func:`~bayesdistill.evaluate` (``n_bins`` equal-width bins plus a bucket for confidence
+    exactly 1), so the title's ECE equals ``evaluate(bnn, data, num_samples=..., seed=...)["ece"]``.
+    The value is also stored as ``fig.ece`` (a float, probability units).
+
+    With a regression network (``bd.likelihoods.Normal``) the figure is a coverage diagram
+    instead: the fraction of targets inside the central p-interval of the moment-matched
+    Gaussian predictive against p, with the mean absolute coverage error in the title
+    (``fig.coverage_error``).
+
+    Args:
+        bnn: a :class:`~bayesdistill.BNN` (with ``data``), or ``None`` when ``probs`` is given.
+        data: labelled data accepted by :func:`~bayesdistill.evaluate`.
+        probs, targets: ``[N, C]`` class probabilities and ``[N]`` integer labels.
+        num_samples: posterior draws S for the predictive (``bnn`` form only).
+        n_bins: number of equal-width confidence bins.
+        seed: seed of the posterior draws (``bnn`` form; ``None`` for fresh draws).
+        title: a prefix for the title (e.g. the model's name).
+    """
+    if (bnn is None) == (probs is None):
+        raise TypeError("calibration() takes either (bnn, data) or probs=..., targets=..., not both/neither")
+    if bnn is not None:
+        if data is None:
+            raise TypeError("calibration(bnn, data): data is missing")
+        if targets is not None:
+            raise TypeError("calibration(bnn, data): targets come from data; do not pass targets=")
+        from ..bnn.likelihoods import Normal as NormalLikelihood
+
+        if isinstance(getattr(bnn, "likelihood", None), NormalLikelihood):
+            return _coverage(bnn, data, num_samples=num_samples, seed=seed, title=title)
+        probs, targets = _predictive_probs(bnn, data, num_samples, seed)
+    elif targets is None:
+        raise TypeError("calibration(probs=...) needs targets=")
+
+    curve = {k: v.detach().cpu() for k, v in calibration_curve(probs, targets, n_bins=n_bins).items()}
+    ece = float(expected_calibration_error(probs, targets, n_bins=n_bins))
+    counts = curve["count"].double()
+    acc, conf = curve["accuracy"], curve["confidence"]
+    lower, upper = curve["bin_lower"][:n_bins], curve["bin_upper"][:n_bins]
+    # the degenerate last bucket (confidence == 1.0) is drawn in the top bin of the picture
+    if counts[n_bins] > 0:
+        merged = counts[n_bins - 1] + counts[n_bins]
+        for t in (acc, conf):
+            a, b = t[n_bins - 1], t[n_bins]
+            t[n_bins - 1] = b if counts[n_bins - 1] == 0 else (a * counts[n_bins - 1] + b * counts[n_bins]) / merged
+        counts[n_bins - 1] = merged
+    acc, conf, counts = acc[:n_bins], conf[:n_bins], counts[:n_bins]
+    width = (upper - lower).numpy()
+    centers = ((lower + upper) / 2).numpy()
+    nonempty = (counts > 0).numpy()
+
+    fig, axes = _new_figure(2, 1, figsize=(5.2, 6.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top, bottom = axes[0, 0], axes[1, 0]
+    top.plot([0, 1], [0, 1], ls="--", color="0.5", label="perfect calibration")
+    top.bar(centers[nonempty], acc.numpy()[nonempty], width=width[nonempty], color="C0",
+            edgecolor="k", alpha=0.8, label="accuracy")
+    top.bar(centers[nonempty], (conf - acc).numpy()[nonempty], bottom=acc.numpy()[nonempty],
+            width=width[nonempty], color="C3", alpha=0.3, hatch="//", edgecolor="C3", label="gap to confidence")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy (top-1)")
+    top.set_aspect("auto")
+    top.legend(loc="upper left")
+    top.grid(alpha=0.3)
+    head = f"{title}\n" if title else ""
+    top.set_title(f"{head}reliability diagram: ECE = {ece:.4f}, N = {int(counts.sum())}")
+
+    bottom.bar(centers, counts.numpy(), width=width, color="0.6", edgecolor="k")
+    bottom.set_xlabel("confidence (top-1 predictive probability)")
+    bottom.set_ylabel("count")
+    bottom.grid(alpha=0.3)
+    fig.ece = ece
+    return fig
+
+
+@torch.no_grad()
+def _coverage(bnn, data, *, num_samples: int, seed: Optional[int], title: Optional[str]) -> "Figure":
+    from ..infer.predictive import predict
+
+    means, targets = predict(bnn, data, num_samples=num_samples, seed=seed)
+    if targets is None:
+        raise ValueError("calibration() needs labelled data (inputs and targets)")
+    means = means.double()
+    targets = targets.double().reshape(means.shape[1:])
+    sigma = bnn.likelihood.scale.detach().double()
+    mu = means.mean(0)
+    std = (sigma**2 + means.var(0, unbiased=False)).sqrt()
+    z = ((targets - mu) / std).abs().reshape(-1)
+    levels = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+    half_width = math.sqrt(2.0) * torch.erfinv(levels)  # |z| <= half_width with probability p
+    observed = (z.unsqueeze(0) <= half_width.unsqueeze(1)).double().mean(1)
+    err = float((observed - levels).abs().mean())
+
+    fig, axes = _new_figure(1, 1, figsize=(5.2, 4.8))
+    ax = axes[0, 0]
+    ax.plot([0, 1], [0, 1], ls="--", color="0.5", label="perfect calibration")
+    ax.plot(levels.numpy(), observed.cpu().numpy(), marker="o", color="C0", label="observed")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("nominal coverage of the central predictive interval")
+    ax.set_ylabel("observed coverage")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    head = f"{title}\n" if title else ""
+    ax.set_title(f"{head}predictive interval coverage: mean |error| = {err:.4f}")
+    fig.coverage_error = err
+    return fig
+
+
+# --------------------------------------------------------------------------- SNR
+def snr_histogram(posterior: Any, ax: Optional["Axes"] = None, log: bool = True, bins: int = 50) -> "Figure":
+    """Histogram of the per-weight signal-to-noise ratio ``|loc| / scale``, one curve per layer.
+
+    Weights with SNR well below 1 are dominated by their posterior noise (candidates for
+    pruning); weights far above 1 are well determined by the data. Layers are the modules the
+    weights belong to (weight and bias of a layer together), in network order.
+
+    Args:
+        posterior: a :class:`~bayesdistill.MeanFieldPosterior` (or a ``BNN``, whose
+            ``posterior()`` is used).
+        ax: draw on this axes instead of a new figure.
+        log: logarithmic SNR axis with log-spaced bins (SNRs span orders of magnitude).
+        bins: number of bins.
+    """
+    if hasattr(posterior, "posterior") and callable(posterior.posterior):
+        posterior = posterior.posterior()
+    if not hasattr(posterior, "snr"):
+        raise TypeError(f"snr_histogram() expects a MeanFieldPosterior or a BNN, got {type(posterior).__name__}")
+    snr = posterior.snr()
+    info = getattr(posterior, "info", {}) or {}
+    layers: dict[str, list[Tensor]] = {}
+    for name, values in snr.items():
+        i = info.get(name)
+        key = f"{i.module or '<root>'}: {i.module_type}" if i is not None else name
+        layers.setdefault(key, []).append(values.detach().reshape(-1).double().cpu())
+    groups = {k: torch.cat(v) for k, v in layers.items()}
+    everything = torch.cat(list(groups.values()))
+    finite = everything[torch.isfinite(everything)]
+
+    if ax is None:
+        fig, axes = _new_figure(1, 1, figsize=(6.4, 4.2))
+        ax = axes[0, 0]
+    else:
+        fig = ax.figure
+    if log:
+        positive = finite[finite > 0]
+        lo = float(positive.min()) if positive.numel() else 1e-3
+        hi = float(positive.max()) if positive.numel() else 1.0
+        lo, hi = min(lo, 0.1), max(hi, 10.0)
+        edges = torch.logspace(math.log10(lo), math.log10(hi), bins + 1, dtype=torch.float64)
+        ax.set_xscale("log")
+        clip = (edges[0].item(), edges[-1].item())
+    else:
+        hi = max(float(finite.max()) if finite.numel() else 1.0, 1.0)
+        edges = torch.linspace(0.0, hi, bins + 1, dtype=torch.float64)
+        clip = (0.0, hi)
+    for i, (label, values) in enumerate(groups.items()):
+        values = values[torch.isfinite(values)].clamp(*clip)
+        ax.hist(values.numpy(), bins=edges.numpy(), histtype="step", linewidth=1.5, color=f"C{i % 10}",
+                label=f"{label}, n={values.numel()}")
+    ax.axvline(1.0, color="0.3", ls="--", lw=1)
+    ax.set_xlabel("signal-to-noise ratio |loc| / scale (dimensionless)")
+    ax.set_ylabel("number of weights")
+    median = float(finite.median()) if finite.numel() else float("nan")
+    ax.set_title(f"posterior SNR per layer ({everything.numel()} weights, median {median:.3g})")
+    ax.legend(loc="best", fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+# --------------------------------------------------------------------------- saving
+def save(fig: "Figure", path: Union[str, os.PathLike], *, dpi: int = 120) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically (temporary file + ``os.replace``).
+
+    Creates the parent folder. A crash mid-write leaves the old file (or none), never a torn PNG.
+    Returns the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=dpi)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a plot is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,249 @@
+"""Tests for the ``bayesdistill`` command line (in-process ``main([...])``, small runs)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+import torch
+
+import bayesdistill as bd
+from bayesdistill import cli
+from bayesdistill.cli import TEACHER_DEFAULTS, main
+
+ARTEFACTS = ("metrics.json", "posterior.pt", "history.csv", "elbo.png", "calibration.png", "snr.png")
+CLASSIFICATION_KEYS = {"accuracy", "nll", "ece", "brier", "predictive_entropy", "expected_entropy",
+                       "mutual_information", "num_samples"}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bd-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Datasets are generated into a temporary cache, shared by the tests of this module."""
+    monkeypatch.setenv("BAYESDISTILL_CACHE", str(cache_dir))
+
+
+@pytest.fixture(scope="module")
+def cnn_run(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small CNN teacher on MNIST-1D (1 epoch on 10 % of the data), shared by several tests."""
+    out = tmp_path_factory.mktemp("cnn-run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BAYESDISTILL_CACHE", str(cache_dir))
+        code = main(["fit", "--dataset", "mnist1d", "--model", "cnn", "--epochs", "1", "--train-fraction", "0.1",
+                     "--num-samples", "8", "--channels", "8", "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    return out
+
+
+def _read_history(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _check_artefacts(out: Path) -> dict:
+    for name in ARTEFACTS:
+        assert (out / name).is_file(), name
+        assert (out / name).stat().st_size > 0, name
+    for name in ("elbo.png", "calibration.png", "snr.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "checkpoints" / "checkpoint.pt").is_file()
+    return json.loads((out / "metrics.json").read_text())
+
+
+# ----------------------------------------------------------------------------- fit
+def test_fit_digits_mlp(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "digits"
+    code = main(["fit", "--dataset", "digits", "--model", "mlp", "--epochs", "2", "--quiet", "--hidden", "32",
+                 "--num-samples", "8", "--out", str(out)])
+    assert code == 0
+    metrics = _check_artefacts(out)
+    assert metrics["dataset"] == "digits" and metrics["model"] == "mlp" and metrics["task"] == "classification"
+    assert set(metrics["test"]) == CLASSIFICATION_KEYS
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert metrics["test"]["num_samples"] == 8
+    assert metrics["epochs_trained"] == 2 and metrics["train_size"] == 1437 and metrics["test_size"] == 360
+    assert metrics["wall_time_s"] > 0 and metrics["train_time_s"] > 0
+    assert metrics["config"]["hidden"] == [32] and metrics["config"]["lr"] == TEACHER_DEFAULTS["lr"]
+    rows = _read_history(out / "history.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"elbo", "nll", "kl", "loss", "lr"} <= set(rows[0])
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "fit:" not in printed  # --quiet: the table only
+
+
+def test_fit_mnist1d_cnn_artefacts(cnn_run: Path) -> None:
+    metrics = _check_artefacts(cnn_run)
+    assert metrics["dataset"] == "mnist1d" and metrics["model"] == "cnn"
+    assert metrics["train_size"] == 400 and metrics["test_size"] == 1000
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert len(_read_history(cnn_run / "history.csv")) == 1
+    q = bd.MeanFieldPosterior.load(cnn_run / "posterior.pt")
+    meta = q.metadata
+    assert meta["model"] == "cnn" and meta["model_kwargs"] == {"channels": 8}
+    assert meta["dataset"] == "mnist1d" and meta["input_shape"] == [40] and meta["output_dim"] == 10
+    assert meta["task"] == "classification" and meta["likelihood"] == "categorical"
+    assert meta["prior_scale"] == TEACHER_DEFAULTS["prior_scale"]
+
+
+def test_evaluate_reproduces_fit_metrics(cnn_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    expected = json.loads((cnn_run / "metrics.json").read_text())["test"]
+    capsys.readouterr()
+    code = main(["evaluate", "--posterior", str(cnn_run / "posterior.pt"), "--dataset", "mnist1d",
+                 "--num-samples", "8", "--json", "--device", "cpu"])
+    assert code == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["dataset"] == "mnist1d" and got["model"] == "cnn"
+    assert got["test"]["accuracy"] == expected["accuracy"]
+    assert got["test"]["nll"] == expected["nll"]
+    assert got["test"]["ece"] == expected["ece"]
+
+
+def test_evaluate_table_defaults_to_training_dataset(cnn_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["evaluate", "--posterior", str(cnn_run / "posterior.pt"), "--num-samples", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "mnist1d" in out and "S = 4" in out
+
+
+def test_fit_regression_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "reg"
+    args = ["fit", "--dataset", "synthetic-regression", "--model", "mlp", "--hidden", "16", "--quiet",
+            "--num-samples", "4", "--out", str(out)]
+    assert main(args + ["--epochs", "1"]) == 0
+    first = _read_history(out / "history.csv")
+    assert main(args + ["--epochs", "2", "--resume"]) == 0
+    metrics = _check_artefacts(out)
+    rows = _read_history(out / "history.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert rows[0]["elbo"] == first[0]["elbo"]  # resumed, not retrained
+    assert metrics["task"] == "regression" and {"rmse", "nll"} <= set(metrics["test"])
+    assert bd.MeanFieldPosterior.load(out / "posterior.pt").metadata["likelihood"] == "normal"
+    capsys.readouterr()
+    assert main(["evaluate", "--posterior", str(out / "posterior.pt"), "--num-samples", "4", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["test"]
+    assert got["rmse"] == metrics["test"]["rmse"] and got["nll"] == metrics["test"]["nll"]
+
+
+# ----------------------------------------------------------------------------- demo
+def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--quiet", "--out", str(out)]) == 0
+    metrics = _check_artefacts(out)
+    assert metrics["dataset"] == "mnist1d" and metrics["model"] == "cnn"
+    assert metrics["config"]["channels"] == TEACHER_DEFAULTS["channels"]
+    assert metrics["epochs_trained"] == cli.QUICK_DEMO["epochs"]
+    report = (out / "report.md").read_text()
+    for png in ("elbo.png", "calibration.png", "snr.png"):
+        assert f"({png})" in report
+    assert "| accuracy |" in report and "--quick" in report
+    rows = _read_history(out / "history.csv")
+    assert "eval_accuracy" in rows[0]  # the demo monitors the test split
+    assert "report:" in capsys.readouterr().out
+
+
+def test_teacher_defaults_drive_fit_parser() -> None:
+    assert set(TEACHER_DEFAULTS) == {"epochs", "lr", "batch_size", "prior_scale", "lr_schedule", "channels"}
+    args = cli.build_parser().parse_args(["fit", "--out", "x"])
+    assert args.epochs == TEACHER_DEFAULTS["epochs"] and args.lr == TEACHER_DEFAULTS["lr"]
+    assert args.batch_size == TEACHER_DEFAULTS["batch_size"] and args.channels == TEACHER_DEFAULTS["channels"]
+    assert args.prior_scale == TEACHER_DEFAULTS["prior_scale"] and args.lr_schedule == "cosine"
+    assert args.dataset == "mnist1d" and args.model == "cnn"
+
+
+# ----------------------------------------------------------------------------- errors
+def _assert_clean_error(capsys: pytest.CaptureFixture[str], *needles: str) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1, err  # one line
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_corrupt_posterior_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "posterior.pt"
+    bad.write_bytes(b"definitely not a torch file")
+    capsys.readouterr()
+    assert main(["evaluate", "--posterior", str(bad), "--dataset", "mnist1d"]) == 2
+    _assert_clean_error(capsys, "could not be read as a posterior")
+
+
+def test_missing_posterior_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--posterior", str(tmp_path / "nope.pt")]) == 2
+    _assert_clean_error(capsys, "no posterior file")
+
+
+def test_posterior_without_architecture_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bnn = bd.BNN(bd.models.build("mlp", (4,), 2, hidden=(3,)))
+    path = bnn.posterior().save(tmp_path / "bare.pt")  # metadata left empty
+    assert main(["evaluate", "--posterior", str(path), "--dataset", "digits"]) == 2
+    _assert_clean_error(capsys, "architecture")
+
+
+def test_evaluate_on_mismatched_dataset_exits_2(cnn_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["evaluate", "--posterior", str(cnn_run / "posterior.pt"), "--dataset", "digits"]) == 2
+    _assert_clean_error(capsys, "digits")
+
+
+def test_unknown_dataset_and_model_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fit", "--dataset", "imagenet", "--epochs", "1", "--out", str(tmp_path / "a")]) == 2
+    _assert_clean_error(capsys, "unknown dataset 'imagenet'", "mnist1d")
+    assert not (tmp_path / "a").exists()  # nothing is created for a failed lookup
+    assert main(["fit", "--dataset", "digits", "--model", "resnet", "--epochs", "1", "--quiet",
+                 "--out", str(tmp_path / "b")]) == 2
+    err = _assert_clean_error(capsys, "unknown model 'resnet'")
+    assert not err.split("error: ", 1)[1].startswith("'")  # no KeyError quoting
+
+
+def test_bad_arguments_are_argparse_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["fit", "--epochs", "-1", "--out", str(tmp_path)],
+                 ["fit", "--lr", "0", "--out", str(tmp_path)],
+                 ["fit", "--train-fraction", "1.5", "--out", str(tmp_path)],
+                 ["fit", "--dataset", "digits"],  # --out missing
+                 ["nonsense"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert "usage:" in capsys.readouterr().err
+    assert main([]) == 2  # no command: help on stderr
+
+
+def test_unavailable_cuda_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(["fit", "--dataset", "digits", "--device", "cuda", "--epochs", "1",
+                 "--out", str(tmp_path)]) == 2
+    _assert_clean_error(capsys, "CUDA is not available")
+
+
+# ----------------------------------------------------------------------------- entry points
+def test_python_m_version() -> None:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "bayesdistill", "--version"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"bayesdistill {bd.__version__}"
+
+
+def test_console_script_version() -> None:
+    exe = shutil.which("bayesdistill")
+    if exe is None:
+        pytest.skip("the bayesdistill console script is not installed (pip install -e .)")
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"bayesdistill {bd.__version__}"
