@@ -46,6 +46,10 @@ TEACHER_DEFAULTS: dict[str, Any] = {
     "prior_scale": 1.0,
     "lr_schedule": "cosine",
     "channels": 32,
+    # A tempered ("cold") posterior: the converged mean-field posterior of the full ELBO
+    # (kl_weight=1) is under-confident on MNIST-1D (ECE 0.066-0.078 over 3 seeds); with 0.5 the
+    # ECE is 0.035-0.039 at 93.5-94.4% accuracy. See docs/benchmarks.md.
+    "kl_weight": 0.5,
 }
 
 #: Overrides of ``demo --quick``: a seconds-long smoke run on a small subset.
@@ -60,7 +64,6 @@ RUN_DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "train_fraction": 1.0,
     "num_samples": 32,
-    "kl_weight": 1.0,
     "local_reparam": False,
     "monitor": False,
     "checkpoint": True,
@@ -216,7 +219,7 @@ def _add_training_options(p: argparse.ArgumentParser, d: dict[str, Any]) -> None
                    help="learning-rate schedule over the epochs")
     p.add_argument("--prior-scale", type=_positive_float, default=d["prior_scale"],
                    help="standard deviation of the isotropic Normal(0, s^2) weight prior")
-    p.add_argument("--kl-weight", type=_nonnegative_float, default=RUN_DEFAULTS["kl_weight"],
+    p.add_argument("--kl-weight", type=_nonnegative_float, default=TEACHER_DEFAULTS["kl_weight"],
                    help="multiplies KL(q||p) in the objective (< 1: a 'cold' posterior)")
     p.add_argument("--local-reparam", action="store_true",
                    help="local reparameterization (sample pre-activations; lower-variance gradients)")

@@ -156,11 +156,12 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_teacher_defaults_drive_fit_parser() -> None:
-    assert set(TEACHER_DEFAULTS) == {"epochs", "lr", "batch_size", "prior_scale", "lr_schedule", "channels"}
+    assert set(TEACHER_DEFAULTS) == {"epochs", "lr", "batch_size", "prior_scale", "lr_schedule", "channels", "kl_weight"}
     args = cli.build_parser().parse_args(["fit", "--out", "x"])
     assert args.epochs == TEACHER_DEFAULTS["epochs"] and args.lr == TEACHER_DEFAULTS["lr"]
     assert args.batch_size == TEACHER_DEFAULTS["batch_size"] and args.channels == TEACHER_DEFAULTS["channels"]
     assert args.prior_scale == TEACHER_DEFAULTS["prior_scale"] and args.lr_schedule == "cosine"
+    assert args.kl_weight == TEACHER_DEFAULTS["kl_weight"]
     assert args.dataset == "mnist1d" and args.model == "cnn"
 
 
