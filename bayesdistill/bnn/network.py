@@ -87,7 +87,24 @@ def _selected(selector: Selector, path: str, module: nn.Module) -> bool:
     if callable(selector) and not isinstance(selector, str):
         return bool(selector(path, module))
     patterns = [selector] if isinstance(selector, str) else list(selector)
-    return any(fnmatch.fnmatchcase(path, p) for p in patterns)
+    # a pattern selects a module and everything inside it: "encoder" keeps encoder.* deterministic
+    parts = path.split(".")
+    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(fnmatch.fnmatchcase(prefix, p) for p in patterns for prefix in prefixes)
+
+
+def _check_selector(net: nn.Module, selector: Selector) -> None:
+    """Raise if a ``deterministic=`` pattern names no module (a typo would silently do nothing)."""
+    if selector is None or (callable(selector) and not isinstance(selector, str)):
+        return
+    patterns = [selector] if isinstance(selector, str) else list(selector)
+    paths = [p for p, _ in net.named_modules() if p]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(p, pattern) for p in paths):
+            raise KeyError(
+                f"deterministic={pattern!r} matches no module of {type(net).__name__}; "
+                f"module paths: {', '.join(paths[:20])}{' ...' if len(paths) > 20 else ''}"
+            )
 
 
 class _Site:
@@ -156,6 +173,7 @@ class BNN(nn.Module):
         self._register_params = True
         self._subsample_cache: dict[tuple[int, torch.device], Tensor] = {}
 
+        _check_selector(self.net, deterministic)
         sites, info, inits = self._convert(deterministic, bayesian_norm)
         if not sites:
             raise UnsupportedLayerError(
@@ -200,6 +218,9 @@ class BNN(nn.Module):
             raise ValueError(f"init must be 'module', 'prior-mean' or a MeanFieldPosterior, got {init!r}")
         self.loc = nn.Parameter(loc0.to(self.prior_loc.device).clone())
         self.rho = nn.Parameter(_softplus_inv(scale0.to(self.prior_loc.device).clone()))
+        # the flat loc is the only copy of the means: the buffer slots stay empty between passes
+        for s in sites:
+            s.module._buffers[s.attr] = None
 
     # ------------------------------------------------------------------ construction
     def _convert(self, deterministic: Selector, bayesian_norm: bool):
@@ -276,6 +297,8 @@ class BNN(nn.Module):
 
     def _kl_scale(self):
         w = self.kl_weight
+        if w == 0.0:  # poutine.scale rejects 0; a zero weight drops the KL terms (e.g. annealing from 0)
+            return poutine.mask(mask=False)
         return nullcontext() if w == 1.0 else poutine.scale(scale=w)
 
     def _model(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
@@ -286,8 +309,16 @@ class BNN(nn.Module):
             for s, loc, scale in zip(self._sites, self._split(self.prior_loc), self._split(self.prior_scale)):
                 fn = dist.Normal(loc, scale, validate_args=False).to_event(len(s.shape))
                 weights[s.name] = pyro.sample(s.name, fn)
-        out = self.forward_with(x, weights, _lrt.current())
-        batch = out.shape[0]
+        lead = _leading_shape(weights, self._sites)
+        if lead:
+            # vectorized particles (an outer plate, e.g. Predictive(parallel=True)): run the
+            # network once per weight draw in one batched pass
+            flat = {s.name: weights[s.name].expand(*lead, *s.shape).reshape(-1, *s.shape) for s in self._sites}
+            out = torch.func.vmap(lambda w: self.forward_with(x, w))(flat)
+            out = out.reshape(*lead, *out.shape[1:])
+        else:
+            out = self.forward_with(x, weights, _lrt.current())
+        batch = out.shape[len(lead)]
         size = self.dataset_size or batch
         with pyro.plate("data", size=size, subsample=self._subsample(batch, out.device)):
             self.likelihood.observe(out, y)
@@ -432,12 +463,16 @@ class BNN(nn.Module):
         if x.is_floating_point() and not torch.isfinite(x).all():
             bad = (~torch.isfinite(x)).nonzero()[0].tolist()
             raise DataError(f"inputs contain NaN or inf (first at index {bad})")
+        was_training = self.training
+        self.eval()  # a check must not update BatchNorm running statistics (or draw dropout noise)
         try:
             out = self(x.to(self.loc.device))
         except RuntimeError as err:
             raise DataError(
                 f"the network could not run on inputs of shape {tuple(x.shape)} and dtype {x.dtype}: {err}"
             ) from err
+        finally:
+            self.train(was_training)
         self.likelihood.check(out, None if y is None else y.to(out.device))
         return out
 
@@ -454,6 +489,17 @@ class BNN(nn.Module):
         )
 
 
+def _leading_shape(weights: dict[str, Tensor], sites: list[_Site]) -> tuple[int, ...]:
+    """Batch dims that plates put in front of the weight draws (``()`` in ordinary SVI)."""
+    lead: tuple[int, ...] = ()
+    for s in sites:
+        extra = weights[s.name].dim() - len(s.shape)
+        if extra > 0:
+            shape = tuple(weights[s.name].shape[:extra])
+            lead = tuple(torch.broadcast_shapes(lead, shape)) if lead else shape
+    return lead
+
+
 class _PresampledNormal(dist.Normal):
     """``Normal(loc, scale)`` whose next ``rsample()`` returns a draw made beforehand.
 
@@ -466,6 +512,10 @@ class _PresampledNormal(dist.Normal):
     def __init__(self, loc: Tensor, scale: Tensor, draw: Optional[Tensor]):
         super().__init__(loc, scale, validate_args=False)
         self._draw = draw
+
+    def expand(self, batch_shape, _instance=None):
+        # an expanded copy needs fresh noise of its own: it is a plain Normal
+        return dist.Normal(self.loc, self.scale, validate_args=False).expand(batch_shape, _instance)
 
     def rsample(self, sample_shape=torch.Size()):
         draw = getattr(self, "_draw", None)

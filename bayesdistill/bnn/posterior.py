@@ -229,7 +229,12 @@ class MeanFieldPosterior(Mapping[str, tuple[Tensor, Tensor]]):
         return cls(locs, scales, info, points, dict(state.get("metadata", {})))
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the posterior to ``path`` atomically (temporary file + ``os.replace``)."""
+        """Write the posterior to ``path`` atomically (temporary file + ``os.replace``).
+
+        ``metadata`` must hold plain values (str, int, float, bool, None, lists, tuples, dicts
+        with str keys) so that :meth:`load` can read the file with ``weights_only=True``.
+        """
+        _check_plain(self.metadata, "metadata")
         return atomic_save(self.state(), path)
 
     @classmethod
@@ -252,3 +257,22 @@ class MeanFieldPosterior(Mapping[str, tuple[Tensor, Tensor]]):
                 "it may be truncated or not a file written by MeanFieldPosterior.save"
             ) from err
         return cls.from_state(state, map_location=map_location, source=repr(str(path)))
+
+
+def _check_plain(value: Any, where: str) -> None:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"posterior {where} keys must be str, got {k!r}")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    raise TypeError(
+        f"posterior {where} holds a {type(value).__name__} ({value!r}); only plain values (str, int, "
+        "float, bool, None, lists, dicts) can be saved; convert it, e.g. str(path) or float(x)"
+    )

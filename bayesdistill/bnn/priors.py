@@ -36,8 +36,8 @@ class Prior:
     def materialize(self, shapes: Shapes) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Return ``(locs, scales)``: name -> tensor broadcastable to the parameter's shape.
 
-        Scalars (0-d tensors) are allowed and are broadcast lazily, so an isotropic prior costs
-        no memory per weight.
+        Scalars (0-d tensors) are allowed; :class:`~bayesdistill.BNN` broadcasts them to full
+        flat ``prior_loc``/``prior_scale`` buffers (one value per weight each).
         """
         raise NotImplementedError
 

@@ -100,6 +100,11 @@ class Batches:
         self.loader: Optional[DataLoader] = None
         self.tensors: Optional[tuple[Tensor, ...]] = None
         if isinstance(data, tuple) and all(torch.is_tensor(t) for t in data):
+            if len({t.shape[:1] for t in data}) > 1:  # TensorDataset would raise a bare AssertionError
+                raise DataError(
+                    "inputs and targets differ in length: the (x, y) tensors have shapes "
+                    f"{[tuple(t.shape) for t in data]}"
+                )
             data = TensorDataset(*data)
         if isinstance(data, TensorDataset):
             self.tensors = tuple(t.to(device) for t in data.tensors)
@@ -187,11 +192,12 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
+    # RNG states must be CPU ByteTensors; torch.load(map_location="cuda") moves them to the GPU
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer, lr_schedule: Any, epochs: int):
@@ -285,7 +291,9 @@ def fit(
     bnn.to(device)
     if seed is not None:
         pyro.set_rng_seed(seed)
-    batches = Batches(data, batch_size, device, seed or 0)
+    # the batch order is seeded by `seed`; without one it comes from the global torch RNG
+    batch_seed = seed if seed is not None else int(torch.randint(2**31 - 1, ()))
+    batches = Batches(data, batch_size, device, batch_seed)
     _validate(bnn, batches)
     eval_batches = Batches(eval_data, 1024, device, 0, shuffle=False) if eval_data is not None else None
 
@@ -348,8 +356,9 @@ def fit(
                     nll_sum += elbo.last_parts["nll"]
                 bad_step = int(first_bad)  # one host sync per epoch
                 if bad_step >= 0 or not math.isfinite(float(loss_sum)):
-                    bnn.load_state_dict(snapshot)
-                    raise _nonfinite_error(bnn, epoch, bad_step if bad_step >= 0 else None, lr, ckpt_path)
+                    error = _nonfinite_error(bnn, epoch, bad_step if bad_step >= 0 else None, lr, ckpt_path)
+                    bnn.load_state_dict(snapshot)  # after the diagnosis, which inspects the diverged parameters
+                    raise error
                 if scheduler is not None:
                     scheduler.step()
                 with torch.no_grad():
