@@ -153,4 +153,4 @@ class Normal(Likelihood):
             )
 
     def extra_repr(self) -> str:
-        return f"scale={float(self.scale):.4g}, learn_scale={self.learn_scale}"
+        return f"scale={float(self.scale.detach()):.4g}, learn_scale={self.learn_scale}"

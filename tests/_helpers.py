@@ -1,0 +1,81 @@
+"""Small builders shared by the Bayesian-core tests (tiny networks and toy data).
+
+Everything here is deterministic in its ``seed`` argument, so a subprocess can rebuild the
+very same network and data as the test that launched it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+
+def tiny_mlp(in_dim: int = 4, hidden: int = 6, out_dim: int = 3, seed: int = 0) -> nn.Sequential:
+    """``in_dim -> hidden -> out_dim`` ReLU MLP with a seeded initialization."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+
+def tiny_bn_net(in_dim: int = 4, hidden: int = 6, out_dim: int = 3, seed: int = 0) -> nn.Sequential:
+    """MLP with a BatchNorm1d between the two Linear layers (paths "0", "1", "3")."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out_dim)
+        )
+
+
+def tiny_conv1d(length: int = 12, channels: int = 4, out_dim: int = 3, seed: int = 0) -> nn.Sequential:
+    """``[B, 1, L] -> Conv1d -> ReLU -> Flatten -> Linear`` with a seeded initialization."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return nn.Sequential(
+            nn.Conv1d(1, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(channels * length, out_dim),
+        )
+
+
+def toy_classification(n: int = 64, in_dim: int = 4, num_classes: int = 3, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Linearly separable-ish blobs: float32 ``[n, in_dim]`` and int64 labels ``[n]``."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % num_classes
+    centers = 2.0 * torch.randn(num_classes, in_dim, generator=g)
+    x = centers[y] + 0.5 * torch.randn(n, in_dim, generator=g)
+    return x, y
+
+
+def toy_regression(n: int = 64, in_dim: int = 4, out_dim: int = 2, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``y = x A + 0.1 eps``: float32 ``[n, in_dim]`` and float32 ``[n, out_dim]``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, in_dim, generator=g)
+    a = torch.randn(in_dim, out_dim, generator=g)
+    return x, x @ a + 0.1 * torch.randn(n, out_dim, generator=g)
+
+
+def randomize_posterior(bnn, seed: int = 0, scale_range: tuple[float, float] = (0.05, 0.8)) -> None:
+    """Give ``bnn`` a non-trivial posterior: random means and random scales in ``scale_range``."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = scale_range
+    with torch.no_grad():
+        bnn.loc.copy_(torch.randn(bnn.loc.shape, generator=g))
+        scale = lo + (hi - lo) * torch.rand(bnn.rho.shape, generator=g)
+        bnn.rho.copy_(scale + torch.log(-torch.expm1(-scale)))  # softplus^-1
+
+
+def without_time(history: Iterable[Mapping[str, float]]) -> list[dict[str, float]]:
+    """History rows without the wall-clock column (the only one that may differ between runs)."""
+    return [{k: v for k, v in row.items() if k != "time_s"} for row in history]
+
+
+def states_equal(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
+    """Same keys and bit-identical tensors."""
+    return list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def clone_state(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
