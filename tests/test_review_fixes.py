@@ -57,3 +57,16 @@ def test_unseeded_fit_draws_its_batch_order_from_the_global_rng():
     torch.manual_seed(2)
     bd.fit(b, (x, y), epochs=1, batch_size=8, seed=None, progress=False)
     assert not torch.equal(a.loc, b.loc)
+
+
+def test_bad_label_in_a_later_batch_of_a_generic_dataset_is_a_data_error():
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            return torch.randn(3), torch.tensor(5 if i >= 8 else i % 2)
+
+    loader = torch.utils.data.DataLoader(Data(), batch_size=8, shuffle=False)
+    with pytest.raises(bd.DataError, match="batch 2 of epoch 1.*labels must lie in"):
+        bd.fit(bd.BNN(_net(), dataset_size=16), loader, epochs=1, progress=False)

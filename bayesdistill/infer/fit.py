@@ -341,8 +341,14 @@ def fit(
                 steps = 0
                 for steps, (x, y, *_) in enumerate(batches.epoch(epoch), start=1):
                     optimizer.zero_grad(set_to_none=True)
-                    with LocalReparameterization() if local_reparam else nullcontext():
-                        loss = elbo.differentiable_loss(bnn.model, bnn.guide, x, y)
+                    try:
+                        with LocalReparameterization() if local_reparam else nullcontext():
+                            loss = elbo.differentiable_loss(bnn.model, bnn.guide, x, y)
+                    except (RuntimeError, IndexError, ValueError) as err:
+                        # data that are not tensors are only checked batch by batch: name the
+                        # bad batch instead of surfacing a bare indexing error
+                        _explain_batch_error(bnn, x, y, epoch, steps, err)
+                        raise
                     finite = torch.isfinite(loss)
                     if check_each_step and not bool(finite):
                         first_bad.fill_(steps)
@@ -405,6 +411,14 @@ def fit(
         bnn._register_params, bnn.kl_weight = saved_register, saved_weight
         bnn.train(was_training)
     return FitResult(history, bnn, stopped, ckpt_path if ckpt_path is not None and ckpt_path.exists() else None)
+
+
+def _explain_batch_error(bnn: BNN, x: Tensor, y: Tensor, epoch: int, step: int, err: Exception) -> None:
+    """Raise a :class:`DataError` naming the batch if it does not fit the network/likelihood."""
+    try:
+        bnn.check_data(x, y)
+    except DataError as bad:
+        raise DataError(f"batch {step} of epoch {epoch}: {bad}") from err
 
 
 def _nonfinite_error(bnn: BNN, epoch: int, step: Optional[int], lr: float, ckpt: Optional[Path]) -> NonFiniteLossError:
