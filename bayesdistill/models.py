@@ -6,7 +6,10 @@ Any ``nn.Module`` works with :class:`~bayesdistill.BNN`; these are the defaults 
 - ``"mlp"``: ``input -> hidden... -> output`` with ReLU (default hidden ``(256, 256)``).
 - ``"cnn"``: a 1-D CNN for sequence inputs ``[B, L]`` such as MNIST-1D (Greydanus & Kobak
   2020 use a 3-layer 1-D CNN): three ``Conv1d`` layers (kernel 5/3/3, strides 1/2/2) with
-  ReLU, then a Linear read-out over the flattened channels.
+  ReLU, then a Linear read-out over the flattened channels (32 channels).
+- ``"cnn-deep"``: the same with one more length-preserving ``Conv1d(32, 32, 3)`` (a teacher
+  for distillation); ``"cnn-small"``: ``"cnn"`` with 16 channels (its student: narrower and
+  one layer shallower).
 """
 
 from __future__ import annotations
@@ -36,14 +39,23 @@ def mlp(input_dim: int, output_dim: int, hidden: Sequence[int] = (256, 256)) -> 
     return nn.Sequential(*layers)
 
 
-def cnn1d(length: int, output_dim: int, channels: int = 32) -> nn.Sequential:
-    """A 1-D CNN for ``[B, length]`` (or ``[B, 1, length]``) inputs; output ``[B, output_dim]``."""
+def cnn1d(length: int, output_dim: int, channels: int = 32, extra_layers: int = 0) -> nn.Sequential:
+    """A 1-D CNN for ``[B, length]`` (or ``[B, 1, length]``) inputs; output ``[B, output_dim]``.
+
+    ``Conv1d(1, C, 5)`` then ``extra_layers`` length-preserving ``Conv1d(C, C, 3, padding=1)``
+    layers, then two stride-2 ``Conv1d(C, C, 3)``, each followed by ReLU, then a Linear
+    read-out of the flattened ``C x ceil(length / 4)`` features.
+    """
     out_len = (length + 1) // 2
     out_len = (out_len + 1) // 2
+    extra: list[nn.Module] = []
+    for _ in range(extra_layers):
+        extra += [nn.Conv1d(channels, channels, 3, padding=1), nn.ReLU()]
     return nn.Sequential(
         Unsqueeze(),
         nn.Conv1d(1, channels, 5, padding=2),
         nn.ReLU(),
+        *extra,
         nn.Conv1d(channels, channels, 3, stride=2, padding=1),
         nn.ReLU(),
         nn.Conv1d(channels, channels, 3, stride=2, padding=1),
@@ -56,6 +68,12 @@ def cnn1d(length: int, output_dim: int, channels: int = 32) -> nn.Sequential:
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mlp": lambda input_shape, output_dim, **kw: mlp(int(torch.Size(input_shape).numel()), output_dim, **kw),
     "cnn": lambda input_shape, output_dim, **kw: cnn1d(int(input_shape[-1]), output_dim, **kw),
+    # a deeper teacher (one more length-preserving conv) and a narrower, shallower student:
+    # "cnn-small" is reachable from "cnn-deep" by removing channels and the extra layer
+    "cnn-deep": lambda input_shape, output_dim, **kw: cnn1d(
+        int(input_shape[-1]), output_dim, **{"channels": 32, "extra_layers": 1, **kw}
+    ),
+    "cnn-small": lambda input_shape, output_dim, **kw: cnn1d(int(input_shape[-1]), output_dim, **{"channels": 16, **kw}),
 }
 
 
