@@ -9,7 +9,7 @@
     teacher.posterior().save("teacher.pt")
 """
 
-from . import datasets, diagnostics, errors, models
+from . import datasets, diagnostics, distill, errors, models
 from .bnn import (
     BNN,
     LocalReparameterization,
@@ -26,6 +26,7 @@ from .errors import (
     ShapeMismatchError,
     UnsupportedLayerError,
 )
+from .distill import AlignmentPlan, align
 from .infer import FitResult, MeanFieldELBO, evaluate, fit, predict
 from .diagnostics import plots
 
@@ -39,6 +40,9 @@ __all__ = [
     "local_reparameterization",
     "fit",
     "FitResult",
+    "align",
+    "AlignmentPlan",
+    "distill",
     "evaluate",
     "predict",
     "priors",
