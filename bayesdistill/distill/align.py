@@ -139,6 +139,13 @@ CRITERIA: dict[str, Callable[[UnitContext], Tensor]] = {
 
 
 # ----------------------------------------------------------------------------- working state
+def _eval_module(m: nn.Module, h: Tensor) -> Tensor:
+    """A parameter-free module with eval-mode semantics (dropout is the identity), whatever its mode."""
+    if isinstance(m, nn.modules.dropout._DropoutNd):
+        return h
+    return m(h)
+
+
 class _Work:
     """The teacher's posterior being edited in place, layer by layer (means, scales, norms)."""
 
@@ -171,7 +178,7 @@ class _Work:
                         entry[attr] = (q.locs[key].detach().clone(), q.scales[key].detach().clone())
                     elif f"net.{key}" in q.point_estimates:
                         entry[attr] = (q.point_estimates[f"net.{key}"].detach().clone(), None)
-                for stat in ("running_mean", "running_var"):
+                for stat in ("running_mean", "running_var", "num_batches_tracked"):
                     key = f"net.{npath}.{stat}"
                     if key in q.point_estimates:
                         entry[stat] = q.point_estimates[key].detach().clone()
@@ -230,7 +237,7 @@ class _Work:
                 b = e.get("bias", (None,))[0]
                 h = F.batch_norm(h, e.get("running_mean"), e.get("running_var"), w, b, False, 0.0, m.eps)
             else:
-                h = m(h)
+                h = _eval_module(m, h)
         return h
 
     @torch.no_grad()
@@ -238,7 +245,7 @@ class _Work:
         """Inputs, pre-activations and post-activations of every live layer; and the output."""
         h = x
         for _, m in self.chain.prefix:
-            h = m(h)
+            h = _eval_module(m, h)
         ins, pres, posts = {}, {}, {}
         for t in range(len(self.layers)):
             if self.removed[t]:
@@ -576,8 +583,8 @@ def _fingerprint(q: MeanFieldPosterior) -> str:
         h.update(k.encode())
         h.update(repr(tuple(loc.shape)).encode())
         for t in (loc, scale):
-            t = t.detach().double().cpu().reshape(-1)
-            h.update(f"{float(t.sum()):.10e},{float(t.square().sum()):.10e},{float(t[:8].sum()) if t.numel() else 0:.10e}".encode())
+            # every value (sums would not see a permutation of units, which alignment is all about)
+            h.update(t.detach().double().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -605,9 +612,13 @@ def _export(work: _Work, plan: AlignmentPlan, q: MeanFieldPosterior) -> MeanFiel
                         locs[f"{snpath}.{attr}"], scales[f"{snpath}.{attr}"] = m.clone(), s.clone()
                     else:
                         points[f"net.{snpath}.{attr}"] = m.clone()
-            for stat in ("running_mean", "running_var"):
+            for stat in ("running_mean", "running_var", "num_batches_tracked"):
                 if stat in entry:
                     points[f"net.{snpath}.{stat}"] = entry[stat].clone()
+    # the likelihood's point estimates (e.g. a learned noise scale) do not depend on the network
+    for name, value in q.point_estimates.items():
+        if name.startswith("likelihood."):
+            points[name] = value.detach().clone()
     for name, shape in plan.student_shapes.items():
         if name in locs and tuple(locs[name].shape) != tuple(shape):
             raise ShapeMismatchError(

@@ -143,10 +143,16 @@ def parse_chain(
             )
             for layer in layers
         ]
+        # shapes only: evaluate in eval mode, so that BatchNorm neither fails on one example nor
+        # updates its running statistics, then restore every module's mode
+        modes = [(m, m.training) for m in net.modules()]
+        net.eval()
         try:
             with torch.no_grad():
                 (run or net)(example[:1])
         finally:
+            for m, mode in modes:
+                m.training = mode
             for h in hooks:
                 h.remove()
         for layer in layers:
