@@ -70,3 +70,11 @@ def test_bad_label_in_a_later_batch_of_a_generic_dataset_is_a_data_error():
     loader = torch.utils.data.DataLoader(Data(), batch_size=8, shuffle=False)
     with pytest.raises(bd.DataError, match="batch 2 of epoch 1.*labels must lie in"):
         bd.fit(bd.BNN(_net(), dataset_size=16), loader, epochs=1, progress=False)
+
+
+def test_posterior_clone_is_independent():
+    q = bd.BNN(_net()).posterior()
+    c = q.clone()
+    c.locs["1.weight"].add_(1.0)
+    assert not torch.equal(q.locs["1.weight"], c.locs["1.weight"])
+    assert list(c) == list(q)

@@ -166,6 +166,18 @@ class MeanFieldPosterior(Mapping[str, tuple[Tensor, Tensor]]):
             dict(self.metadata),
         )
 
+    def clone(self) -> "MeanFieldPosterior":
+        """A deep copy (tensors cloned, metadata copied)."""
+        import copy
+
+        return MeanFieldPosterior(
+            {k: v.detach().clone() for k, v in self.locs.items()},
+            {k: v.detach().clone() for k, v in self.scales.items()},
+            dict(self.info),
+            {k: v.detach().clone() for k, v in self.point_estimates.items()},
+            copy.deepcopy(self.metadata),
+        )
+
     def check_compatible(self, shapes: Mapping[str, torch.Size], what: str = "network") -> None:
         """Raise :class:`PosteriorMismatchError` unless names and shapes equal ``shapes``."""
         missing = [k for k in shapes if k not in self.locs]

@@ -460,7 +460,7 @@ class AlignmentPlan:
                     f"{tuple(q.locs[k].shape)}, the plan was built for {tuple(shape)}"
                 )
         if self.aligned is not None and _fingerprint(q) == self.source_fingerprint:
-            return self.aligned.to(q.device)
+            return self.aligned.to(q.device).clone()
         if any(op[0] == "set" for op in self.ops):
             raise ValueError(
                 "this plan re-fitted means on probe data (compensation) for another teacher posterior; "
