@@ -233,6 +233,8 @@ def fit(
     lr_schedule: Union[None, str, Callable[[torch.optim.Optimizer], Any]] = None,
     weight_decay: float = 0.0,
     callbacks: Sequence[Callback] = (),
+    distill: Sequence[Any] = (),
+    transfer: Optional[Data] = None,
     eval_data: Optional[Data] = None,
     eval_samples: int = 8,
     progress: bool = True,
@@ -265,6 +267,12 @@ def fit(
             the regularizer).
         callbacks: callables ``(record, bnn) -> bool | None`` run after each epoch with that
             epoch's history record; returning ``True`` stops training.
+        distill: function-space terms (:class:`bayesdistill.distill.KD`, ``VID``, ``PKT``,
+            ``Hint``) added to the student's objective; each epoch's history gets one column per
+            term (its mean loss, nats per example) and, for VID, ``vid.<i>.log_q`` and
+            ``vid.<i>.mi_bound`` (the lower bound H(t) + E[log q(t|s)] on I(t; s), nats).
+        transfer: unlabelled inputs (a tensor, a ``TensorDataset`` of inputs, ...) on which only
+            the distillation terms act: each labelled step also takes one transfer batch.
         eval_data: optional held-out data evaluated after each epoch (``eval_*`` columns) with
             ``eval_samples`` posterior samples.
         progress: show a progress bar (one tick per epoch).
@@ -297,7 +305,22 @@ def fit(
     _validate(bnn, batches)
     eval_batches = Batches(eval_data, 1024, device, 0, shuffle=False) if eval_data is not None else None
 
-    optimizer = torch.optim.Adam(bnn.parameters(), lr=lr, weight_decay=weight_decay)
+    objective = None
+    model, guide = bnn.model, bnn.guide
+    transfer_batches = None
+    if distill:
+        from ..distill.function_space import DistillObjective
+
+        objective = DistillObjective(bnn, list(distill))
+        objective.setup(batches.first()[0])
+        objective.terms.to(device)
+        model, guide = objective.model, objective.guide
+        if transfer is not None:
+            transfer_batches = Batches(transfer if not torch.is_tensor(transfer) else (transfer,), batch_size, device, batch_seed + 1)
+    elif transfer is not None:
+        raise ValueError("transfer= only makes sense with distill= terms (the likelihood needs labels)")
+    train_params = list(bnn.parameters()) + (list(objective.parameters()) if objective is not None else [])
+    optimizer = torch.optim.Adam(train_params, lr=lr, weight_decay=weight_decay)
     scheduler = _make_scheduler(optimizer, lr_schedule, epochs)
     elbo = MeanFieldELBO(num_particles=num_particles)
     history: list[dict[str, float]] = []
@@ -314,6 +337,8 @@ def fit(
                 "point checkpoint_dir at a fresh folder or delete it"
             )
         bnn.load_state_dict(ckpt["bnn"])
+        if objective is not None and ckpt.get("distill") is not None:
+            objective.terms.load_state_dict(ckpt["distill"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler") is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
@@ -321,7 +346,7 @@ def fit(
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"]) + 1
 
-    params = [p for p in bnn.parameters() if p.requires_grad]
+    params = [p for p in train_params if p.requires_grad]
     check_each_step = device.type == "cpu"
     stopped = False
     saved_register, saved_weight, was_training = bnn._register_params, bnn.kl_weight, bnn.training
@@ -339,11 +364,23 @@ def fit(
                 nll_sum = torch.zeros((), device=device)
                 first_bad = torch.full((), -1, dtype=torch.long, device=device)
                 steps = 0
+                term_sums: dict[str, Tensor] = {}
+                # each epoch starts its own seeded pass over the transfer set: resumable
+                transfer_iter = _cycle(transfer_batches, epoch * 10_007) if transfer_batches is not None else None
                 for steps, (x, y, *_) in enumerate(batches.epoch(epoch), start=1):
                     optimizer.zero_grad(set_to_none=True)
                     try:
                         with LocalReparameterization() if local_reparam else nullcontext():
-                            loss = elbo.differentiable_loss(bnn.model, bnn.guide, x, y)
+                            loss = elbo.differentiable_loss(model, guide, x, y)
+                            if objective is not None:
+                                parts = dict(elbo.last_parts)
+                                _add(term_sums, objective.step_values())
+                                if transfer_iter is not None:
+                                    (xt, *_) = next(transfer_iter)
+                                    loss = loss + elbo.differentiable_loss(model, guide, xt, None, transfer_batches.num_examples)
+                                    _add(term_sums, objective.step_values())
+                                    parts["nll"] = parts["nll"] + elbo.last_parts["nll"]
+                                elbo.last_parts = parts
                     except (RuntimeError, IndexError, ValueError) as err:
                         # data that are not tensors are only checked batch by batch: name the
                         # bad batch instead of surfacing a bare indexing error
@@ -380,6 +417,13 @@ def fit(
                     "lr": optimizer.param_groups[0]["lr"],
                     "time_s": time.perf_counter() - t0,
                 }
+                if objective is not None:
+                    calls = max(steps, 1) * (2 if transfer_iter is not None else 1)
+                    for k, v in term_sums.items():
+                        record[k] = float(v) / calls
+                        if k.endswith(".log_q"):
+                            pair = k[: -len(".log_q")]
+                            record[f"{pair}.mi_bound"] = objective.entropies.get(pair, math.nan) + record[k]
                 if eval_batches is not None:
                     from .predictive import evaluate
 
@@ -394,6 +438,7 @@ def fit(
                             "version": CHECKPOINT_VERSION,
                             "epoch": epoch,
                             "bnn": bnn.state_dict(),
+                            "distill": objective.terms.state_dict() if objective is not None else None,
                             "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict() if scheduler is not None else None,
                             "rng": _rng_state(device),
@@ -419,6 +464,18 @@ def _explain_batch_error(bnn: BNN, x: Tensor, y: Tensor, epoch: int, step: int, 
         bnn.check_data(x, y)
     except DataError as bad:
         raise DataError(f"batch {step} of epoch {epoch}: {bad}") from err
+
+
+def _add(sums: dict[str, Tensor], values: dict[str, Tensor]) -> None:
+    for k, v in values.items():
+        sums[k] = sums[k] + v if k in sums else v.clone()
+
+
+def _cycle(batches: Batches, epoch: int) -> Iterator[tuple[Tensor, ...]]:
+    """Transfer batches forever, reshuffled per pass (seeded, so resumable runs repeat them)."""
+    while True:
+        yield from batches.epoch(epoch)
+        epoch += 1
 
 
 def _nonfinite_error(bnn: BNN, epoch: int, step: Optional[int], lr: float, ckpt: Optional[Path]) -> NonFiniteLossError:

@@ -1,0 +1,122 @@
+r"""TinyBERT-style layer losses (Jiao et al., 2019) for Transformer-like students.
+
+For paired layers (teacher module path -> student module path):
+
+* attention: L_attn = 1/h sum_i MSE(A_i^S, A_i^T) on attention maps ``[B, h, L, L]`` (or
+  head-averaged ``[B, L, L]``); the tapped module's output may be such a tensor or a tuple
+  ``(output, weights)`` as returned by ``nn.MultiheadAttention(..., need_weights=True)``;
+* hidden: L_hidn = MSE(H^S W_h, H^T) on hidden states ``[B, L, d]`` with a learned W_h;
+* embedding: L_embd = MSE(E^S W_e, E^T) on embeddings ``[B, L, d]`` with a learned W_e;
+* prediction: L_pred = CE(z^T / t, z^S / t), the soft cross-entropy of temperature-softened
+  logits.
+
+All enter the student's Pyro objective as one per-example log-factor ``-weight * sum of
+losses`` (see :mod:`bayesdistill.distill.function_space`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..bnn.network import BNN
+from .function_space import DistillTerm
+
+__all__ = ["TinyBERT", "attention_weights"]
+
+
+def attention_weights(out) -> Tensor:
+    """The attention map from a tapped output: the tensor itself or the 2nd item of a tuple."""
+    if isinstance(out, tuple):
+        if len(out) < 2 or out[1] is None:
+            raise ValueError(
+                "the tapped attention module returned no attention weights; call "
+                "nn.MultiheadAttention with need_weights=True (and average_attn_weights=False for per-head maps)"
+            )
+        return out[1]
+    return out
+
+
+def _hidden(out) -> Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+class TinyBERT(DistillTerm):
+    """TinyBERT's attention / hidden-state / embedding / prediction losses as one term.
+
+    Args:
+        teacher: the teacher (BNN or nn.Module).
+        attention: teacher path -> student path of modules whose output holds attention maps.
+        hidden: teacher path -> student path of modules giving hidden states ``[B, L, d]``.
+        embedding: teacher path -> student path of the embedding modules ``[B, L, d]``.
+        temperature: t of the prediction loss; ``None`` disables it.
+        weight: multiplies the sum of the losses.
+        weights: optional per-loss multipliers ``{"attn", "hidn", "embd", "pred"}``.
+    """
+
+    def __init__(
+        self,
+        teacher: Union[BNN, nn.Module],
+        *,
+        attention: Optional[Mapping[str, str]] = None,
+        hidden: Optional[Mapping[str, str]] = None,
+        embedding: Optional[Mapping[str, str]] = None,
+        temperature: Optional[float] = 1.0,
+        weight: float = 1.0,
+        weights: Optional[Mapping[str, float]] = None,
+        teacher_mode: str = "mean",
+    ):
+        super().__init__(teacher, weight, "tinybert", teacher_mode)
+        self.attention = dict(attention or {})
+        self.hidden = dict(hidden or {})
+        self.embedding = dict(embedding or {})
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"TinyBERT: temperature must be > 0 or None, got {temperature}")
+        self.temperature = temperature
+        self.loss_weights = {"attn": 1.0, "hidn": 1.0, "embd": 1.0, "pred": 1.0, **dict(weights or {})}
+        pairs = {**self.attention, **self.hidden, **self.embedding}
+        self.teacher_paths = list(dict.fromkeys(list(self.attention) + list(self.hidden) + list(self.embedding)))
+        self.student_paths = list(dict.fromkeys(pairs.values()))
+        self.proj = nn.ModuleDict()
+
+    def setup(self, s_out, s_feats, t_out, t_feats) -> None:
+        for kind, pairs in (("hidn", self.hidden), ("embd", self.embedding)):
+            for i, (tp, sp) in enumerate(pairs.items()):
+                ds, dt = _hidden(s_feats[sp]).shape[-1], _hidden(t_feats[tp]).shape[-1]
+                lin = nn.Linear(ds, dt)
+                self.proj[f"{kind}{i}"] = lin.to(_hidden(s_feats[sp]).device)
+
+    def losses(self, s_out, s_feats, t_out, t_feats) -> dict[str, Tensor]:
+        """Per-example losses ``[B]`` by kind (attn, hidn, embd, pred)."""
+        b = s_out.shape[0]
+        out: dict[str, Tensor] = {}
+        if self.attention:
+            terms = []
+            for tp, sp in self.attention.items():
+                a_s, a_t = attention_weights(s_feats[sp]), attention_weights(t_feats[tp])
+                if a_s.shape != a_t.shape:
+                    raise ValueError(
+                        f"TinyBERT attention maps differ in shape: teacher {tp!r} {tuple(a_t.shape)}, "
+                        f"student {sp!r} {tuple(a_s.shape)} (heads and lengths must match)"
+                    )
+                terms.append((a_s - a_t).square().reshape(b, -1).mean(1))
+            out["attn"] = torch.stack(terms).sum(0)
+        for kind, pairs in (("hidn", self.hidden), ("embd", self.embedding)):
+            if pairs:
+                terms = []
+                for i, (tp, sp) in enumerate(pairs.items()):
+                    pred = self.proj[f"{kind}{i}"](_hidden(s_feats[sp]))
+                    terms.append((pred - _hidden(t_feats[tp])).square().reshape(b, -1).mean(1))
+                out[kind] = torch.stack(terms).sum(0)
+        if self.temperature is not None:
+            t = self.temperature
+            out["pred"] = -(F.softmax(t_out / t, -1) * F.log_softmax(s_out / t, -1)).sum(-1)
+        return out
+
+    def log_factor(self, s_out, s_feats, t_out, t_feats) -> Tensor:
+        parts = self.losses(s_out, s_feats, t_out, t_feats)
+        return -sum(self.loss_weights[k] * v for k, v in parts.items())
