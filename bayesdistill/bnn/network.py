@@ -126,7 +126,14 @@ class BNN(nn.Module):
             Bayesian; normalization layers stay deterministic unless ``bayesian_norm=True``. Any
             other module with parameters raises :class:`UnsupportedLayerError` unless it is kept
             deterministic by ``deterministic``. The BNN keeps its own deep copy of ``net``.
-        prior: a :mod:`bayesdistill.priors` object (default ``priors.Normal(0, 1)``).
+        prior: a :mod:`bayesdistill.priors` object (default ``priors.Normal(0, 1)``). Its
+            ``(loc, scale)`` become the buffers ``prior_loc``/``prior_scale`` (flat, one value per
+            weight). A prior with ``learn_scale=True`` (``priors.Normal(..., learn_scale=True)``,
+            ``priors.TeacherPosterior(q, variance="learned")``) adds the parameter
+            ``prior_log_scale`` of shape ``[num_sites]`` (one entry per Bayesian parameter tensor,
+            in :attr:`site_names` order, initialized at 0): tensor ``l``'s prior scale is then
+            ``prior_scale * exp(prior_log_scale[l])``, learned with q(w) by maximizing the ELBO
+            (empirical Bayes). :meth:`prior_scales` shows the effective scales either way.
         likelihood: a :mod:`bayesdistill.likelihoods` object (default ``Categorical()``).
         dataset_size: N, the number of training examples; the batch log-likelihood is scaled by
             N / batch_size. ``None`` means "the batch is the whole data set".
@@ -218,6 +225,12 @@ class BNN(nn.Module):
             raise ValueError(f"init must be 'module', 'prior-mean' or a MeanFieldPosterior, got {init!r}")
         self.loc = nn.Parameter(loc0.to(self.prior_loc.device).clone())
         self.rho = nn.Parameter(_softplus_inv(scale0.to(self.prior_loc.device).clone()))
+        # empirical Bayes: one learnable log-multiplier of the prior scale per parameter tensor
+        self.learn_prior_scale = bool(getattr(self.prior, "learn_scale", False))
+        if self.learn_prior_scale:
+            self.prior_log_scale = nn.Parameter(
+                torch.zeros(len(sites), dtype=self.prior_scale.dtype, device=self.prior_scale.device)
+            )
         # the flat loc is the only copy of the means: the buffer slots stay empty between passes
         for s in sites:
             s.module._buffers[s.attr] = None
@@ -284,6 +297,29 @@ class BNN(nn.Module):
     def _split(self, flat: Tensor) -> list[Tensor]:
         return [t.view(s.shape) for t, s in zip(flat.split(self._numels), self._sites)]
 
+    def _effective_prior_scale(self) -> Tensor:
+        """Flat prior standard deviations ``[num_weights]``, with learned multipliers if any.
+
+        One flat tensor per call (split into per-site views by the model), so that the fused KL
+        of :class:`~bayesdistill.infer.MeanFieldELBO` glues the views back without a copy.
+        """
+        if not self.learn_prior_scale:
+            return self.prior_scale
+        # = exp(prior_log_scale).repeat_interleave(numels); expand + cat is ~4x cheaper than
+        # repeat_interleave (an index_select whose backward is a scatter) forward and backward
+        mult = torch.cat([m.expand(n) for m, n in zip(self.prior_log_scale.exp().unbind(), self._numels)])
+        return self.prior_scale * mult
+
+    def prior_scales(self) -> dict[str, Tensor]:
+        """Effective prior standard deviation per Bayesian parameter, name -> tensor of its shape.
+
+        With a learned prior scale (``learn_scale=True``) this is ``base * exp(prior_log_scale)``
+        at the current value of the multipliers; otherwise the fixed prior scales. Detached copies.
+        """
+        with torch.no_grad():
+            flat = self._effective_prior_scale()
+        return {s.name: t.detach().clone() for s, t in zip(self._sites, self._split(flat))}
+
     # ------------------------------------------------------------------ Pyro program
     @property
     def model(self) -> Callable[..., Tensor]:
@@ -305,8 +341,9 @@ class BNN(nn.Module):
         if self._register_params:
             pyro.module(self.pyro_name, self)
         weights = {}
+        prior_scale = self.prior_scale if not self.learn_prior_scale else self._effective_prior_scale()
         with self._kl_scale():
-            for s, loc, scale in zip(self._sites, self._split(self.prior_loc), self._split(self.prior_scale)):
+            for s, loc, scale in zip(self._sites, self._split(self.prior_loc), self._split(prior_scale)):
                 fn = dist.Normal(loc, scale, validate_args=False).to_event(len(s.shape))
                 weights[s.name] = pyro.sample(s.name, fn)
         lead = _leading_shape(weights, self._sites)
@@ -315,6 +352,11 @@ class BNN(nn.Module):
             # network once per weight draw in one batched pass
             flat = {s.name: weights[s.name].expand(*lead, *s.shape).reshape(-1, *s.shape) for s in self._sites}
             out = torch.func.vmap(lambda w: self.forward_with(x, w))(flat)
+            if len(lead) > 1 and lead[-1] == 1:
+                # draws made under an outer plate (prior predictive, Predictive(parallel=True)
+                # without a guide) are aligned with the plate dims: their last batch dim is the
+                # slot of the "data" plate (dim -1), which the output's batch dim takes
+                lead = lead[:-1]
             out = out.reshape(*lead, *out.shape[1:])
         else:
             out = self.forward_with(x, weights, _lrt.current())
@@ -477,15 +519,19 @@ class BNN(nn.Module):
         return out
 
     def kl(self) -> Tensor:
-        """KL(q || p) in nats, exact (closed form), unscaled by ``kl_weight``; a 0-d tensor."""
+        """KL(q || p) in nats, exact (closed form), unscaled by ``kl_weight``; a 0-d tensor.
+
+        p uses the effective prior scales (:meth:`prior_scales`), learned multipliers included, so
+        the KL is differentiable in ``prior_log_scale`` too.
+        """
         from ..infer.elbo import _fused_normal_kl
 
-        return _fused_normal_kl([(self.loc, self.scale(), self.prior_loc, self.prior_scale)])
+        return _fused_normal_kl([(self.loc, self.scale(), self.prior_loc, self._effective_prior_scale())])
 
     def extra_repr(self) -> str:
         return (
             f"num_weights={self.num_weights}, sites={len(self._sites)}, dataset_size={self.dataset_size}, "
-            f"prior={self.prior!r}"
+            f"prior={self.prior!r}" + (", learned prior scales" if self.learn_prior_scale else "")
         )
 
 

@@ -8,16 +8,29 @@ is captured in the model.
 - :class:`Normal`: isotropic (one loc/scale for every weight) or per tensor (a mapping from
   parameter-name patterns to scales).
 - :class:`TeacherPosterior`: the prior is a trained network's posterior q(w_teacher)
-  (Grabovoy & Strijov, 2021, "Bayesian distillation of deep learning models"), with the
-  variance taken from the posterior (the paper's full variant), set to one (the paper's
-  mean-only variant), set to a constant, or tempered.
+  (Grabovoy & Strijov, 2021, "Bayesian distillation of deep learning models"), optionally
+  mapped onto a different student by an alignment plan, with the variance taken from the
+  posterior (the paper's full variant), set to one (the paper's mean-only variant), set to a
+  constant, tempered, or learned from the data (empirical Bayes).
+
+Learned prior scales (empirical Bayes, type-II maximum likelihood). A prior whose
+:attr:`Prior.learn_scale` is true gives :class:`~bayesdistill.BNN` only *base* scales; the BNN
+then owns one learnable log-multiplier per parameter tensor (``bnn.prior_log_scale``, shape
+``[num_sites]``, initialized at 0), and the prior of tensor ``l`` is
+``N(loc, (base_scale * exp(prior_log_scale[l]))^2)``. The multipliers are fitted jointly with
+q(w) by maximizing the ELBO (:func:`~bayesdistill.fit` optimizes every parameter of the BNN). The
+prior enters the ELBO only through KL(q || p), so for a given q the optimum is closed form: the
+squared multiplier of tensor ``l`` is ``mean_i(((mu_i - m_i)^2 + sigma_i^2) / base_i^2)`` over its
+weights i; with a constant base scale the learned prior variance is
+``s_l^2 = mean_i((mu_i - m_i)^2 + sigma_i^2)``. The data (through q) decide how far the student may
+move from the prior means.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor
@@ -31,7 +44,15 @@ Shapes = Mapping[str, torch.Size]
 
 
 class Prior:
-    """Base class: maps parameter names and shapes to prior ``(loc, scale)`` tensors."""
+    """Base class: maps parameter names and shapes to prior ``(loc, scale)`` tensors.
+
+    Attributes:
+        learn_scale: when true, the materialized scales are *base* scales and
+            :class:`~bayesdistill.BNN` learns one log-multiplier per parameter tensor on top of
+            them (empirical Bayes; see the module docstring). ``False`` on the base class.
+    """
+
+    learn_scale: bool = False
 
     def materialize(self, shapes: Shapes) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Return ``(locs, scales)``: name -> tensor broadcastable to the parameter's shape.
@@ -61,12 +82,23 @@ class Normal(Prior):
         loc: prior mean (a float for all weights, or a mapping from ``fnmatch`` patterns of
             parameter names to floats, first match wins).
         scale: prior standard deviation, > 0 (float or pattern mapping like ``loc``), e.g.
-            ``{"*.bias": 10.0, "*": 1.0}``.
+            ``{"*.bias": 10.0, "*": 1.0}``. With ``learn_scale=True`` this is the initial (base)
+            scale.
+        learn_scale: learn one scale multiplier per parameter tensor by empirical Bayes (type-II
+            maximum likelihood on the ELBO): the prior of tensor ``l`` is
+            ``N(loc, (scale * exp(bnn.prior_log_scale[l]))^2)``, the multiplier starting at 1.
+            Inspect the fitted scales with ``bnn.prior_scales()``.
     """
 
-    def __init__(self, loc: Union[float, Mapping[str, float]] = 0.0, scale: Union[float, Mapping[str, float]] = 1.0):
+    def __init__(
+        self,
+        loc: Union[float, Mapping[str, float]] = 0.0,
+        scale: Union[float, Mapping[str, float]] = 1.0,
+        learn_scale: bool = False,
+    ):
         self.loc = loc
         self.scale = scale
+        self.learn_scale = bool(learn_scale)
         if not isinstance(scale, Mapping) and not float(scale) > 0:
             raise ValueError(f"Normal prior: scale must be > 0, got {scale!r}")
 
@@ -81,52 +113,100 @@ class Normal(Prior):
         return locs, scales
 
     def __repr__(self) -> str:
-        return f"Normal(loc={self.loc!r}, scale={self.scale!r})"
+        learned = ", learn_scale=True" if self.learn_scale else ""
+        return f"Normal(loc={self.loc!r}, scale={self.scale!r}{learned})"
 
 
 class TeacherPosterior(Prior):
     """The student's prior is the teacher's posterior: p(w_student) = q(w_teacher).
 
-    Grabovoy & Strijov (2021). With identical architectures this is exact: every loc and scale
-    of the prior equals the teacher's. Shapes that differ raise :class:`ShapeMismatchError`
-    naming the parameter (an alignment plan maps a teacher onto a different student).
+    Grabovoy & Strijov (2021). With identical architectures this is exact: every loc of the
+    prior equals the teacher's (and every scale, with ``variance="posterior"``). A student of a
+    different architecture needs an alignment ``plan`` that maps the teacher's posterior onto the
+    student's parameters; shapes that still differ raise :class:`ShapeMismatchError` naming the
+    parameter (and the plan, when one was given).
 
     Args:
         posterior: the teacher's :class:`MeanFieldPosterior`.
-        variance: ``"posterior"`` (scale = teacher scale, the paper's full variant), ``"unit"``
-            (scale = 1, the paper's mean-only variant), or a float (that scale, in weight units).
+        plan: an alignment plan, or ``None`` (identical architectures). Any object with a method
+            ``apply(posterior) -> MeanFieldPosterior`` that returns the teacher's posterior in the
+            student's names and shapes (e.g. rows of pruned units removed); it is applied when the
+            prior is materialized, i.e. when the student :class:`~bayesdistill.BNN` is built.
+        variance: the prior scale (standard deviation) of the student's weights:
+
+            - ``"posterior"``: the teacher's scales (the paper's full variant);
+            - ``"unit"``: 1 for every weight (the paper's mean-only variant);
+            - a float: that scale for every weight (weight units, a standard deviation despite
+              the argument's name);
+            - ``"learned"``: one scale per parameter tensor (a layer's weight and its bias each get
+              their own), fitted by empirical Bayes (type-II maximum likelihood on the student's
+              ELBO, jointly with q(w)) so that the data decide how far to trust the teacher's
+              means. The prior is ``N(teacher_mean, s_l^2)`` with ``s_l = exp(bnn.prior_log_scale[l])``
+              starting at 1 (unit variance); ``bnn.prior_scales()`` shows the fitted values.
         temperature: multiplies the prior *variance* (scale is multiplied by sqrt(temperature));
-            > 1 widens the prior so the data can move the student further from the teacher.
+            > 1 widens the prior so the data can move the student further from the teacher. With
+            ``variance="learned"`` it sets the initial scale, sqrt(temperature).
     """
 
-    def __init__(self, posterior: MeanFieldPosterior, variance: Union[str, float] = "posterior", temperature: float = 1.0):
-        if isinstance(variance, str) and variance not in ("posterior", "unit"):
-            raise ValueError(f"TeacherPosterior: variance must be 'posterior', 'unit' or a float, got {variance!r}")
+    def __init__(
+        self,
+        posterior: MeanFieldPosterior,
+        plan: Any = None,
+        variance: Union[str, float] = "posterior",
+        temperature: float = 1.0,
+    ):
+        if isinstance(variance, str) and variance not in ("posterior", "unit", "learned"):
+            raise ValueError(
+                f"TeacherPosterior: variance must be 'posterior', 'unit', 'learned' or a float, got {variance!r}"
+            )
         if not isinstance(variance, str) and not float(variance) > 0:
             raise ValueError(f"TeacherPosterior: a float variance must be > 0, got {variance!r}")
         if not temperature > 0:
             raise ValueError(f"TeacherPosterior: temperature must be > 0, got {temperature!r}")
+        if plan is not None and not callable(getattr(plan, "apply", None)):
+            raise TypeError(
+                f"TeacherPosterior: plan must have a method apply(posterior) -> MeanFieldPosterior, "
+                f"got {type(plan).__name__}"
+            )
         self.posterior = posterior
+        self.plan = plan
         self.variance = variance
         self.temperature = float(temperature)
+        self.learn_scale = variance == "learned"
+
+    def _aligned(self) -> MeanFieldPosterior:
+        if self.plan is None:
+            return self.posterior
+        q = self.plan.apply(self.posterior)
+        if not isinstance(q, MeanFieldPosterior):
+            raise TypeError(
+                f"TeacherPosterior: the alignment plan {self.plan!r} returned a {type(q).__name__}; "
+                "plan.apply(posterior) must return a MeanFieldPosterior in the student's shapes"
+            )
+        return q
 
     def materialize(self, shapes: Shapes) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        q = self.posterior
+        q = self._aligned()
+        if self.plan is None:
+            source, fix = "the teacher posterior", "align the architectures first (plan=...)"
+        else:
+            source = f"the teacher posterior after the alignment plan {self.plan!r}"
+            fix = "the plan does not produce the student's parameters; check the plan against the student"
         for name, shape in shapes.items():
             if name not in q.locs:
                 raise ShapeMismatchError(
-                    f"TeacherPosterior: the student has parameter {name!r} but the teacher posterior "
-                    f"does not (teacher parameters: {list(q.locs)}); align the architectures first"
+                    f"TeacherPosterior: the student has parameter {name!r} but {source} does not "
+                    f"(teacher parameters: {list(q.locs)}); {fix}"
                 )
             if q.locs[name].shape != torch.Size(shape):
                 raise ShapeMismatchError(
                     f"TeacherPosterior: parameter {name!r} has shape {tuple(shape)} in the student but "
-                    f"{tuple(q.locs[name].shape)} in the teacher posterior; align the architectures first"
+                    f"{tuple(q.locs[name].shape)} in {source}; {fix}"
                 )
         locs = {k: q.locs[k].detach().clone() for k in shapes}
         if self.variance == "posterior":
             scales = {k: q.scales[k].detach().clone() for k in shapes}
-        elif self.variance == "unit":
+        elif self.variance in ("unit", "learned"):
             scales = {k: torch.tensor(1.0, dtype=locs[k].dtype) for k in shapes}
         else:
             scales = {k: torch.tensor(float(self.variance), dtype=locs[k].dtype) for k in shapes}
@@ -136,4 +216,8 @@ class TeacherPosterior(Prior):
         return locs, scales
 
     def __repr__(self) -> str:
-        return f"TeacherPosterior({len(self.posterior)} tensors, variance={self.variance!r}, temperature={self.temperature})"
+        plan = f", plan={self.plan!r}" if self.plan is not None else ""
+        return (
+            f"TeacherPosterior({len(self.posterior)} tensors{plan}, variance={self.variance!r}, "
+            f"temperature={self.temperature})"
+        )
