@@ -336,6 +336,13 @@ def fit(
                 f"checkpoint {str(ckpt_path)!r} was written for another network or format; "
                 "point checkpoint_dir at a fresh folder or delete it"
             )
+        mine, theirs = set(bnn.state_dict()), set(ckpt["bnn"])
+        if mine != theirs:
+            raise ValueError(
+                f"checkpoint {str(ckpt_path)!r} was written for a differently configured BNN: it has "
+                f"{sorted(theirs - mine)} that this BNN lacks and lacks {sorted(mine - theirs)} "
+                "(e.g. a learned vs a fixed prior scale); resume with the same configuration or use a fresh folder"
+            )
         bnn.load_state_dict(ckpt["bnn"])
         if objective is not None and ckpt.get("distill") is not None:
             objective.terms.load_state_dict(ckpt["distill"])
