@@ -78,3 +78,25 @@ def test_posterior_clone_is_independent():
     c.locs["1.weight"].add_(1.0)
     assert not torch.equal(q.locs["1.weight"], c.locs["1.weight"])
     assert list(c) == list(q)
+
+
+def test_auto_vectorize_uses_vmap_for_small_cpu_batches_only(monkeypatch):
+    bnn = bd.BNN(_net())
+    calls = []
+    real = torch.func.vmap
+
+    def spy(fn, *a, **k):
+        calls.append(True)
+        return real(fn, *a, **k)
+
+    monkeypatch.setattr(torch.func, "vmap", spy)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    small = torch.randn(bnn.AUTO_VECTORIZE_MAX_BATCH_CPU, 3)
+    large = torch.randn(bnn.AUTO_VECTORIZE_MAX_BATCH_CPU + 1, 3)
+    out_small = bnn.predict(small, 4, generator=g())
+    assert calls == [True]
+    bnn.predict(large, 4, generator=g())
+    assert calls == [True]  # compute-bound CPU batch: plain passes
+    torch.testing.assert_close(out_small, bnn.predict(small, 4, vectorize=False, generator=g()))
+    with pytest.raises(ValueError, match="vectorize"):
+        bnn.predict(small, 4, vectorize="yes")

@@ -428,33 +428,55 @@ class BNN(nn.Module):
         flat = loc + scale * eps
         return {s.name: t.view(num_samples, *s.shape) for s, t in zip(self._sites, flat.split(self._numels, dim=1))}
 
+    #: ``vectorize="auto"`` uses one vmapped pass when the work per sample is small (kernel
+    #: launches and Python dominate: GPUs, small CPU batches) and S plain passes otherwise: on
+    #: CPU a batch of a few hundred examples is compute-bound, and vmap's batched kernels
+    #: (grouped convolutions, bmm + separate bias) are slower than S ordinary ones (see
+    #: docs/benchmarks.md).
+    AUTO_VECTORIZE_MAX_BATCH_CPU = 32
+
+    def _use_vmap(self, x: Tensor, vectorize: Union[bool, str]) -> bool:
+        if vectorize == "auto":
+            return x.device.type != "cpu" or x.shape[0] <= self.AUTO_VECTORIZE_MAX_BATCH_CPU
+        if not isinstance(vectorize, bool):
+            raise ValueError(f"vectorize must be True, False or 'auto', got {vectorize!r}")
+        return vectorize
+
+    @torch.no_grad()
+    def outputs(self, x: Tensor, weights: dict[str, Tensor], vectorize: Union[bool, str] = "auto") -> Tensor:
+        """Network outputs ``[S, B, *out]`` for stacked weight draws (name -> ``[S, *shape]``).
+
+        ``vectorize``: ``True`` (one ``torch.func.vmap`` pass; layers without a batching rule
+        fall back to sequential passes), ``False`` (S passes) or ``"auto"`` (see
+        :attr:`AUTO_VECTORIZE_MAX_BATCH_CPU`). Both give the same outputs for the same draws.
+        Runs the network in its current mode (``predict`` switches to eval mode).
+        """
+        if self._use_vmap(x, vectorize):
+            try:
+                return torch.func.vmap(lambda w: self.forward_with(x, w))(weights)
+            except (RuntimeError, NotImplementedError):
+                pass  # an op without a batching rule: do it sample by sample
+        num_samples = next(iter(weights.values())).shape[0]
+        return torch.stack([self.forward_with(x, {k: v[i] for k, v in weights.items()}) for i in range(num_samples)])
+
     @torch.no_grad()
     def predict(
         self,
         x: Tensor,
         num_samples: int = 32,
         *,
-        vectorize: bool = True,
+        vectorize: Union[bool, str] = "auto",
         generator: Optional[torch.Generator] = None,
     ) -> Tensor:
         """Network outputs under ``num_samples`` posterior weight samples: ``[S, B, *out]``.
 
-        With ``vectorize=True`` all S samples run in one batched pass (``torch.func.vmap``);
-        layers that vmap does not support fall back to S sequential passes (same samples).
-        The network runs in eval mode (dropout off, BatchNorm running statistics).
+        ``vectorize`` as in :meth:`outputs`. The network runs in eval mode (dropout off,
+        BatchNorm running statistics).
         """
         was_training = self.training
         self.eval()
         try:
-            weights = self.sample_weights(num_samples, generator)
-            if vectorize:
-                try:
-                    return torch.func.vmap(lambda w: self.forward_with(x, w))(weights)
-                except (RuntimeError, NotImplementedError):
-                    pass  # an op without a batching rule: do it sample by sample
-            return torch.stack(
-                [self.forward_with(x, {k: v[i] for k, v in weights.items()}) for i in range(num_samples)]
-            )
+            return self.outputs(x, self.sample_weights(num_samples, generator), vectorize)
         finally:
             self.train(was_training)
 

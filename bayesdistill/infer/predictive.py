@@ -2,9 +2,10 @@
 
 p(y | x, D) ~= (1/S) sum_s p(y | f(x; w_s)),  w_s ~ q(w)
 
-The S weight draws run in one vectorized pass per batch (``torch.func.vmap`` over the stacked
-draws) instead of S Python-level passes; :meth:`BNN.predict` falls back to sequential passes
-for layers without a batching rule.
+The same S weight draws serve every batch; per batch they run either in one vectorized pass
+(``torch.func.vmap`` over the stacked draws) or in S plain passes, chosen by
+:meth:`BNN.outputs <bayesdistill.BNN.outputs>` (``vectorize="auto"``: vmap on GPUs and for small
+CPU batches, where per-pass overhead dominates; plain passes for compute-bound CPU batches).
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ def predict(
     num_samples: int = 32,
     batch_size: int = 1024,
     seed: Optional[int] = None,
-    vectorize: bool = True,
+    vectorize: Union[bool, str] = "auto",
 ) -> tuple[Tensor, Optional[Tensor]]:
     """Network outputs under ``num_samples`` posterior draws for a whole data set.
 
     Returns ``(outputs, targets)``: outputs ``[S, N, *out]`` on the BNN's device, targets ``[N,
     ...]`` (``None`` when the data hold inputs only). The same S weight draws are used for every
-    batch, so each column s is the prediction of one network w_s.
+    batch, so each column s is the prediction of one network w_s. ``vectorize`` as in
+    :meth:`BNN.outputs <bayesdistill.BNN.outputs>`.
     """
     from .fit import Batches
 
@@ -50,15 +52,7 @@ def predict(
     outs, ys = [], []
     try:
         for batch in batches.epoch(0):
-            x = batch[0]
-            if vectorize:
-                try:
-                    out = torch.func.vmap(lambda w: bnn.forward_with(x, w))(weights)
-                except (RuntimeError, NotImplementedError):
-                    vectorize = False
-            if not vectorize:
-                out = torch.stack([bnn.forward_with(x, {k: v[i] for k, v in weights.items()}) for i in range(num_samples)])
-            outs.append(out)
+            outs.append(bnn.outputs(batch[0], weights, vectorize))
             if len(batch) > 1:
                 ys.append(batch[1])
     finally:
