@@ -1,0 +1,283 @@
+"""Shared helpers of the benchmarks: the fit step, alternating timing, tables, JSON.
+
+Nothing here is part of the library. The one piece that matters for correctness is
+:class:`FitStep`: it runs, per call, exactly the statements that one iteration of the inner
+loop of :func:`bayesdistill.fit` runs (same objects: ``torch.optim.Adam`` over
+``bnn.parameters()``, :class:`~bayesdistill.MeanFieldELBO`, ``bnn.model``/``bnn.guide`` with
+``bnn._register_params = False`` under ``pyro.validation_enabled(False)``, the optional
+:class:`~bayesdistill.LocalReparameterization` handler, the per-step finiteness check and the
+on-device loss accumulators). :func:`verify_fit_step` checks that claim: training with
+``FitStep`` on ``fit``'s batches gives bit-identical variational parameters to ``bd.fit``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Optional
+
+import pyro
+import torch
+
+import bayesdistill as bd
+from bayesdistill.bnn.local_reparam import LocalReparameterization
+from bayesdistill.infer.elbo import MeanFieldELBO
+from bayesdistill.infer.fit import Batches, _validate
+
+try:  # fit names a bad batch when the loss raises; absent in older versions
+    from bayesdistill.infer.fit import _explain_batch_error
+except ImportError:  # pragma: no cover
+    def _explain_batch_error(bnn, x, y, epoch, step, err):
+        return None
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+# ---------------------------------------------------------------------------------- machine
+def setup_threads(threads: Optional[int]) -> None:
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+
+
+def resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name} was requested but CUDA is not available on this machine")
+    return device
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "nproc": os.cpu_count(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "bayesdistill": bd.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    info["git"] = _git_state()
+    if device.type == "cuda":
+        info["cuda_device"] = torch.cuda.get_device_name(device)
+        info["cuda_version"] = torch.version.cuda
+    try:
+        load = os.getloadavg()
+        info["loadavg_at_start"] = [round(v, 2) for v in load]
+    except OSError:
+        pass
+    return info
+
+
+def _git_state() -> str:
+    """``<commit>[+dirty]`` of the repository the benchmarks run from, or ``"unknown"``."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------- fit step
+class FitStep:
+    """One SVI step of :func:`bayesdistill.fit`, statement for statement (see module docstring).
+
+    Use as ``with step.running(): step(x, y)``; ``running`` sets the state ``fit`` holds for the
+    whole training loop (validation off, no param-store registration, train mode).
+    """
+
+    def __init__(self, bnn: bd.BNN, *, lr: float = 1e-3, local_reparam: bool = False,
+                 num_particles: int = 1, weight_decay: float = 0.0):
+        device = bnn.loc.device
+        self.bnn = bnn
+        self.local_reparam = local_reparam
+        # as in fit: optimizer, ELBO, per-step host check on CPU only
+        self.optimizer = torch.optim.Adam(bnn.parameters(), lr=lr, weight_decay=weight_decay)
+        self.elbo = MeanFieldELBO(num_particles=num_particles)
+        self.check_each_step = device.type == "cpu"
+        self.loss_sum = torch.zeros((), device=device)
+        self.nll_sum = torch.zeros((), device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.steps = 0
+
+    @contextmanager
+    def running(self):
+        bnn = self.bnn
+        saved_register, was_training = bnn._register_params, bnn.training
+        bnn._register_params = False
+        bnn.train()
+        try:
+            with pyro.validation_enabled(False):
+                yield self
+        finally:
+            bnn._register_params = saved_register
+            bnn.train(was_training)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        bnn, elbo, optimizer = self.bnn, self.elbo, self.optimizer
+        self.steps += 1
+        steps = self.steps
+        # ---- the body of fit's inner loop (clip_grad_norm=None) ----
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            with LocalReparameterization() if self.local_reparam else nullcontext():
+                loss = elbo.differentiable_loss(bnn.model, bnn.guide, x, y)
+        except (RuntimeError, IndexError, ValueError) as err:
+            _explain_batch_error(bnn, x, y, 0, steps, err)
+            raise
+        finite = torch.isfinite(loss)
+        if self.check_each_step and not bool(finite):
+            raise FloatingPointError(f"non-finite ELBO at step {steps}")
+        self.first_bad = torch.where((self.first_bad < 0) & ~finite, steps, self.first_bad)
+        loss.backward()
+        optimizer.step()
+        self.loss_sum += loss.detach()
+        self.nll_sum += elbo.last_parts["nll"]
+
+
+def verify_fit_step(make_net: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor, *,
+                    device: torch.device, local_reparam: bool = False, epochs: int = 1,
+                    batch_size: int = 128) -> bool:
+    """``FitStep`` on ``fit``'s own batches reproduces ``bd.fit`` bit for bit (True) or not."""
+    torch.manual_seed(123)
+    net = make_net()
+    n = len(x)
+    a = bd.BNN(net, dataset_size=n).to(device)
+    b = bd.BNN(net, dataset_size=n).to(device)  # BNN deep-copies net: same initial state
+    bd.fit(a, (x, y), epochs=epochs, batch_size=batch_size, lr=1e-3, seed=0, progress=False,
+           local_reparam=local_reparam, device=device)
+    pyro.set_rng_seed(0)
+    batches = Batches((x, y), batch_size, device, 0)
+    _validate(b, batches)
+    step = FitStep(b, lr=1e-3, local_reparam=local_reparam)
+    with step.running():
+        for epoch in range(1, epochs + 1):
+            for xb, yb in batches.epoch(epoch):
+                step(xb, yb)
+    return bool(torch.equal(a.loc, b.loc) and torch.equal(a.rho, b.rho))
+
+
+def fixed_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device,
+                  seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Full mini-batches in ``fit``'s order (``Batches.epoch(1)``), on the device, made once."""
+    batches = [b for b in Batches((x, y), batch_size, device, seed).epoch(1) if len(b[0]) == batch_size]
+    return [(bx.contiguous(), by.contiguous()) for bx, by in batches]
+
+
+class Cycle:
+    """Endless iterator over a list (each implementation gets its own cursor)."""
+
+    def __init__(self, items: Sequence):
+        self.items, self.i = items, 0
+
+    def __call__(self):
+        item = self.items[self.i]
+        self.i = (self.i + 1) % len(self.items)
+        return item
+
+
+# ---------------------------------------------------------------------------------- timing
+def alternate(
+    runners: dict[str, Callable[[int], None]],
+    *,
+    rounds: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    contexts: Optional[dict[str, Callable[[], Any]]] = None,
+    verbose: bool = False,
+) -> dict[str, list[float]]:
+    """Time ``runner(k)`` (k iterations) alternately, ``rounds`` times each; ms per iteration.
+
+    Each round runs every implementation once, in an order rotated from round to round so that
+    none is always first after another; a slow phase of the machine (other processes) then hits
+    all implementations alike. ``contexts[name]()`` is entered around each of that
+    implementation's timed blocks (e.g. ``pyro.validation_enabled``).
+    """
+    contexts = contexts or {}
+    names = list(runners)
+    for name in names:  # warm-up, also per implementation
+        with contexts.get(name, nullcontext)():
+            runners[name](warmup)
+        sync(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            with contexts.get(name, nullcontext)():
+                sync(device)
+                t0 = time.perf_counter()
+                runners[name](steps)
+                sync(device)
+                dt = time.perf_counter() - t0
+            times[name].append(1e3 * dt / steps)
+        if verbose:
+            print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f}" for n in names), flush=True)
+    return times
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    s = sorted(values)
+    if len(s) == 1:
+        return s[0]
+    pos = q * (len(s) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(values),
+        "q25": quantile(values, 0.25),
+        "q75": quantile(values, 0.75),
+        "iqr": quantile(values, 0.75) - quantile(values, 0.25),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def paired_ratio(num: Sequence[float], den: Sequence[float]) -> dict[str, float]:
+    """Per-round ratios num[r] / den[r] (measured in the same round), summarized."""
+    return summarize([a / b for a, b in zip(num, den)])
+
+
+# ---------------------------------------------------------------------------------- output
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    fmt = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([fmt(cells[0]), sep] + [fmt(r) for r in cells[1:]])
+
+
+def write_json(path: Optional[str], default_name: str, payload: dict[str, Any]) -> Path:
+    out = Path(path) if path else RESULTS_DIR / default_name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=False)
+    return out
+
+
+def bar_text(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
