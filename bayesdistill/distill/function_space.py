@@ -344,13 +344,18 @@ class VID(DistillTerm):
 
     def observe(self, s_out, s_feats, t_out, t_feats) -> None:
         self.last = {}
+        loss = 0.0
         for i, (tp, sp) in enumerate(self.pairs.items()):
             t = t_feats[tp]
             qd = self.q(i, s_feats[sp], t)
             with pyro.poutine.scale(scale=self.pair_weights[i]):
                 pyro.sample(f"vid.{i}", qd, obs=t)
             with torch.no_grad():
-                self.last[f"vid.{i}.log_q"] = qd.log_prob(t).mean()
+                log_q = qd.log_prob(t)
+                self.last[f"vid.{i}.log_q"] = log_q.mean()
+                loss = loss - self.pair_weights[i] * log_q.mean()
+        # the term's loss (= -log_factor, batch mean), as every DistillTerm reports it
+        self.last = {"loss": torch.as_tensor(loss), **self.last}
 
     def log_factor(self, s_out, s_feats, t_out, t_feats) -> Tensor:
         total = 0.0
@@ -399,10 +404,15 @@ class DistillObjective:
     def parameters(self):
         return self.terms.parameters()
 
-    def _teacher(self, x: Tensor) -> dict[int, tuple[Tensor, dict[str, Tensor]]]:
-        groups: dict[int, tuple[TeacherFeatures, list[str]]] = {}
+    @staticmethod
+    def _key(t: DistillTerm) -> tuple[int, str]:
+        # terms share one teacher pass only if they share the teacher *and* its mode
+        return id(t.teacher_features.teacher), t.teacher_features.mode
+
+    def _teacher(self, x: Tensor) -> dict[tuple[int, str], tuple[Tensor, dict[str, Tensor]]]:
+        groups: dict[tuple[int, str], tuple[TeacherFeatures, list[str]]] = {}
         for t in self.terms:
-            key = id(t.teacher_features.teacher)
+            key = self._key(t)
             tf, paths = groups.setdefault(key, (t.teacher_features, []))
             paths.extend(p for p in t.teacher_paths if p not in paths)
         return {k: tf(x, paths) for k, (tf, paths) in groups.items()}
@@ -420,7 +430,7 @@ class DistillObjective:
             self.bnn.train(was)
         teach = self._teacher(x)
         for t in self.terms:
-            t_out, t_feats = teach[id(t.teacher_features.teacher)]
+            t_out, t_feats = teach[self._key(t)]
             t.setup(s_out, s_feats, t_out, t_feats)
             if isinstance(t, VID):
                 for i, tp in enumerate(t.pairs):
@@ -444,7 +454,7 @@ class DistillObjective:
         n = size or (self.bnn.dataset_size or batch)
         with pyro.plate("distill", size=n, subsample=self._arange[key]):
             for t in self.terms:
-                t_out, t_feats = teach[id(t.teacher_features.teacher)]
+                t_out, t_feats = teach[self._key(t)]
                 t.observe(out, taps.features, t_out, t_feats)
         return out
 
