@@ -108,7 +108,7 @@ def test_identity_plan_same_architecture_maps_the_posterior_unchanged():
     _assert_posteriors_equal(aligned, q)
     assert all(L["kept"] == list(range(L["teacher_units"])) and not L["removed"] for L in plan.layers)
 
-    s = bd.BNN(student, prior=TeacherPosterior(q, plan=plan))
+    s = bd.BNN(student, prior=TeacherPosterior(q, plan=plan, variance="posterior"))
     assert torch.equal(s.prior_loc, torch.cat([q.locs[n].reshape(-1) for n in s.site_names]))
     assert torch.equal(s.prior_scale, torch.cat([q.scales[n].reshape(-1) for n in s.site_names]))
 
@@ -176,7 +176,7 @@ def test_phi_mlp_restricts_rows_and_columns_exactly(step):
     assert (s(x) - full).abs().max() > 1e-2  # the removed units did contribute
 
     # and the teacher-posterior prior of that student is the aligned posterior
-    sp = bd.BNN(student, prior=TeacherPosterior(q, plan=plan))
+    sp = bd.BNN(student, prior=TeacherPosterior(q, plan=plan, variance="posterior"))
     assert torch.equal(sp.prior_loc, torch.cat([a.locs[n].reshape(-1) for n in sp.site_names]))
     assert torch.equal(sp.prior_scale, torch.cat([a.scales[n].reshape(-1) for n in sp.site_names]))
 

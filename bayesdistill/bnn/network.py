@@ -141,8 +141,13 @@ class BNN(nn.Module):
             ``(path, module) -> bool`` selecting modules kept as point estimates.
         bayesian_norm: make normalization-layer affine parameters Bayesian too.
         init: initial posterior means: ``"module"`` (the network's own initialization),
-            ``"prior-mean"`` (the prior's means, e.g. a teacher's aligned means), or a
-            :class:`MeanFieldPosterior` (means *and* scales copied from it).
+            ``"prior-mean"`` (the prior's means, e.g. a teacher's aligned means), a
+            :class:`MeanFieldPosterior` (means *and* scales copied from it), or ``"auto"``
+            (default): ``"prior-mean"`` when the prior is a
+            :class:`~bayesdistill.priors.TeacherPosterior` (starting at the aligned teacher is
+            where distillation's gain comes from: docs/distillation.md), else ``"module"``.
+            Initialization and prior stay independent: pass ``init="module"`` with a teacher
+            prior to measure the prior alone.
         init_scale: initial posterior standard deviation (weight units), default 1e-2.
         name: the prefix under which :func:`pyro.module` registers the parameters (unique by
             default, so that a teacher and a student never share Pyro param-store entries).
@@ -160,7 +165,7 @@ class BNN(nn.Module):
         *,
         deterministic: Selector = None,
         bayesian_norm: bool = False,
-        init: Union[str, MeanFieldPosterior] = "module",
+        init: Union[str, MeanFieldPosterior] = "auto",
         init_scale: float = 1e-2,
         name: Optional[str] = None,
     ) -> None:
@@ -211,6 +216,10 @@ class BNN(nn.Module):
             raise ValueError("prior scales must be > 0")
 
         # variational parameters, flat
+        if isinstance(init, str) and init == "auto":
+            from .priors import TeacherPosterior
+
+            init = "prior-mean" if isinstance(self.prior, TeacherPosterior) else "module"
         if isinstance(init, MeanFieldPosterior):
             init.check_compatible(shapes, "BNN")
             loc0 = torch.cat([init.locs[s.name].detach().reshape(-1).cpu() for s in sites])
@@ -222,7 +231,7 @@ class BNN(nn.Module):
             loc0 = self.prior_loc.clone()
             scale0 = torch.full_like(loc0, float(init_scale))
         else:
-            raise ValueError(f"init must be 'module', 'prior-mean' or a MeanFieldPosterior, got {init!r}")
+            raise ValueError(f"init must be 'auto', 'module', 'prior-mean' or a MeanFieldPosterior, got {init!r}")
         self.loc = nn.Parameter(loc0.to(self.prior_loc.device).clone())
         self.rho = nn.Parameter(_softplus_inv(scale0.to(self.prior_loc.device).clone()))
         # empirical Bayes: one learnable log-multiplier of the prior scale per parameter tensor

@@ -134,8 +134,12 @@ class TeacherPosterior(Prior):
             prior is materialized, i.e. when the student :class:`~bayesdistill.BNN` is built.
         variance: the prior scale (standard deviation) of the student's weights:
 
-            - ``"posterior"``: the teacher's scales (the paper's full variant);
-            - ``"unit"``: 1 for every weight (the paper's mean-only variant);
+            - ``"unit"`` (default): 1 for every weight (the paper's mean-only variant). Measured
+              best: docs/distillation.md (synthetic regression, 5+5 seeds) and
+              docs/distillation-mnist1d.md (3 seeds) found the teacher's own variances too tight
+              (they pin the student to the aligned teacher) and ``"learned"`` no better;
+            - ``"posterior"``: the teacher's scales (the paper's full variant; with an identity
+              plan the prior is then exactly q(w_teacher));
             - a float: that scale for every weight (weight units, a standard deviation despite
               the argument's name);
             - ``"learned"``: one scale per parameter tensor (a layer's weight and its bias each get
@@ -152,7 +156,7 @@ class TeacherPosterior(Prior):
         self,
         posterior: MeanFieldPosterior,
         plan: Any = None,
-        variance: Union[str, float] = "posterior",
+        variance: Union[str, float] = "unit",
         temperature: float = 1.0,
     ):
         if isinstance(variance, str) and variance not in ("posterior", "unit", "learned"):
