@@ -618,3 +618,14 @@ def test_terms_sharing_a_teacher_keep_their_own_modes():
         s_out = tr.nodes["_RETURN"]["value"]
         ref = kd.weight * kd.log_factor(s_out, {}, teacher(x).detach(), {})
         torch.testing.assert_close(tr.nodes["distill.kd"]["fn"].log_factor, ref)
+
+
+def test_two_vid_terms_get_distinct_sites_and_columns():
+    x, y = toy_classification(32)
+    teacher = bnn_teacher(seed=1, hidden=6)
+    student = bd.BNN(tiny_mlp(seed=2), dataset_size=32)
+    a, b = VID(teacher, {"1": "1"}), VID(teacher, {"0": "0"})
+    result = bd.fit(student, (x, y), epochs=1, batch_size=16, progress=False, distill=[a, b])
+    assert {a.name, b.name} == {"vid", "vid1"}
+    row = result.history[-1]
+    assert "vid.0.mi_bound" in row and "vid1.0.mi_bound" in row

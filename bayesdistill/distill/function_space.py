@@ -291,6 +291,7 @@ class VID(DistillTerm):
         init_variance: initial sigma_c^2 (5.0 in the paper).
 
     ``last`` holds per pair ``"vid.<i>.log_q"``: the batch mean of log q(t|s) (nats per example).
+    (A second VID term in one objective is renamed ``vid1``, ``vid2``, ...: sites ``vid1.<i>``.)
     """
 
     def __init__(
@@ -349,10 +350,10 @@ class VID(DistillTerm):
             t = t_feats[tp]
             qd = self.q(i, s_feats[sp], t)
             with pyro.poutine.scale(scale=self.pair_weights[i]):
-                pyro.sample(f"vid.{i}", qd, obs=t)
+                pyro.sample(f"{self.name}.{i}", qd, obs=t)
             with torch.no_grad():
                 log_q = qd.log_prob(t)
-                self.last[f"vid.{i}.log_q"] = log_q.mean()
+                self.last[f"{self.name}.{i}.log_q"] = log_q.mean()
                 loss = loss - self.pair_weights[i] * log_q.mean()
         # the term's loss (= -log_factor, batch mean), as every DistillTerm reports it
         self.last = {"loss": torch.as_tensor(loss), **self.last}
@@ -392,6 +393,13 @@ class DistillObjective:
             if not isinstance(t, DistillTerm):
                 raise TypeError(f"distill= expects bd.distill terms (KD, VID, PKT, Hint), got {type(t).__name__}")
         self.bnn = bnn
+        seen: set[str] = set()
+        for i, t in enumerate(terms):  # unique names: sites and history columns must not collide
+            base, k = t.name, 1
+            while t.name in seen:
+                t.name = f"{base}{k}"
+                k += 1
+            seen.add(t.name)
         self.terms = nn.ModuleList(terms)
         self.student_paths = list(dict.fromkeys(p for t in terms for p in t.student_paths))
         FeatureTaps(bnn.net, self.student_paths, "student")  # validate paths now
@@ -434,7 +442,7 @@ class DistillObjective:
             t.setup(s_out, s_feats, t_out, t_feats)
             if isinstance(t, VID):
                 for i, tp in enumerate(t.pairs):
-                    self.entropies[f"vid.{i}"] = gaussian_entropy(t_feats[tp])
+                    self.entropies[f"{t.name}.{i}"] = gaussian_entropy(t_feats[tp])
 
     def model(self, x: Tensor, y: Optional[Tensor] = None, size: Optional[int] = None) -> Tensor:
         from contextlib import ExitStack

@@ -312,6 +312,10 @@ def fit(
         from ..distill.function_space import DistillObjective
 
         objective = DistillObjective(bnn, list(distill))
+        for term in objective.terms:  # the teacher runs on the student's device
+            teacher_model = term.teacher_features.teacher
+            if isinstance(teacher_model, torch.nn.Module):
+                teacher_model.to(device)
         objective.setup(batches.first()[0])
         objective.terms.to(device)
         model, guide = objective.model, objective.guide
@@ -367,6 +371,9 @@ def fit(
                 t0 = time.perf_counter()
                 bnn.kl_weight = _kl_weight_at(kl_weight, epoch)
                 snapshot = {k: v.detach().clone() for k, v in bnn.state_dict().items()}
+                term_snapshot = (
+                    {k: v.detach().clone() for k, v in objective.terms.state_dict().items()} if objective is not None else None
+                )
                 loss_sum = torch.zeros((), device=device)
                 nll_sum = torch.zeros((), device=device)
                 first_bad = torch.full((), -1, dtype=torch.long, device=device)
@@ -407,7 +414,9 @@ def fit(
                 bad_step = int(first_bad)  # one host sync per epoch
                 if bad_step >= 0 or not math.isfinite(float(loss_sum)):
                     error = _nonfinite_error(bnn, epoch, bad_step if bad_step >= 0 else None, lr, ckpt_path)
-                    bnn.load_state_dict(snapshot)  # after the diagnosis, which inspects the diverged parameters
+                    bnn.load_state_dict(snapshot)
+                    if term_snapshot is not None:
+                        objective.terms.load_state_dict(term_snapshot)  # after the diagnosis, which inspects the diverged parameters
                     raise error
                 if scheduler is not None:
                     scheduler.step()
