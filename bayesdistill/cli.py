@@ -2,8 +2,10 @@
 
 ::
 
-    bayesdistill fit --dataset mnist1d --model cnn --epochs 100 --out runs/teacher
+    bayesdistill fit --dataset mnist1d --model cnn-deep --epochs 100 --out runs/teacher
     bayesdistill evaluate --posterior runs/teacher/posterior.pt --dataset mnist1d --json
+    bayesdistill distill --teacher runs/teacher/posterior.pt --student cnn-small \
+        --train-fraction 0.1 --out runs/student
     bayesdistill demo --out bayesdistill-demo            # add --quick for a seconds-long smoke run
     python -m bayesdistill --version
 
@@ -18,7 +20,18 @@
   the posterior signal-to-noise histogram;
 - ``checkpoints/checkpoint.pt``: written after every epoch; ``--resume`` continues from it.
 
-``demo`` also writes ``report.md``. Errors in the input (a missing or damaged posterior file,
+``distill`` aligns the teacher posterior to a smaller student architecture (``bd.align``),
+trains the student with the aligned teacher posterior as its prior
+(``priors.TeacherPosterior(q, plan=plan)``) and, as a reference, the same student with a plain
+``Normal(0, 1)`` prior, and writes into ``--out``: ``metrics.json`` (both students' test
+metrics, the teacher's, the aligned teacher's before training, the plan's per-layer data),
+``posterior.pt`` (the distilled student; ``evaluate`` works on it), ``plan.json`` and
+``plan.pt`` (the alignment plan), ``history.csv`` / ``plain_history.csv``, ``elbo.png``,
+``alignment.png``, ``pruning_curve.png`` (and ``students.png`` with ``--monitor``).
+
+``demo`` trains a teacher (``cnn-deep`` on MNIST-1D) into ``OUT/teacher``, distills it into
+``cnn-small`` on 10 % of the training set into ``OUT/student``, and writes ``OUT/report.md``.
+Errors in the input (a missing or damaged posterior file,
 an unknown dataset or model, data that do not fit the network) print one line on stderr and
 exit with status 2; ``--debug`` shows the traceback instead.
 """
@@ -36,7 +49,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["main", "build_parser", "TEACHER_DEFAULTS", "QUICK_DEMO"]
+__all__ = ["main", "build_parser", "TEACHER_DEFAULTS", "DISTILL_DEFAULTS", "QUICK_DEMO", "run_fit", "run_distill"]
 
 #: Default teacher hyperparameters, used by ``fit`` (for options not given) and ``demo``.
 TEACHER_DEFAULTS: dict[str, Any] = {
@@ -52,8 +65,34 @@ TEACHER_DEFAULTS: dict[str, Any] = {
     "kl_weight": 0.5,
 }
 
+#: Default distillation settings, used by ``distill`` (for options not given) and ``demo``:
+#: student training (``epochs``, ``lr``, ``batch_size``, ``kl_weight``, ``lr_schedule``), the
+#: alignment (``criterion``, ``compensation``: least-squares re-fits on the teacher's training
+#: inputs), the prior (``variance`` of ``priors.TeacherPosterior``) and the initialization
+#: (``init``: ``"prior-mean"`` = the aligned teacher means, ``"random"`` = the network's own).
+DISTILL_DEFAULTS: dict[str, Any] = {
+    "epochs": 150,
+    "lr": 3e-3,
+    "batch_size": 128,
+    "criterion": "snr",
+    "variance": "unit",
+    "init": "prior-mean",
+    "compensation": True,
+    "kl_weight": 0.5,
+    "lr_schedule": "cosine",
+}
+
 #: Overrides of ``demo --quick``: a seconds-long smoke run on a small subset.
 QUICK_DEMO: dict[str, Any] = {"epochs": 3, "train_fraction": 0.1, "num_samples": 8}
+
+#: The demo's student: ``cnn-small`` (narrower and one layer shallower than the ``cnn-deep``
+#: teacher) on this fraction of the training set; ``QUICK_DEMO["epochs"]`` epochs with ``--quick``.
+DEMO_STUDENT: dict[str, Any] = {"teacher_model": "cnn-deep", "student": "cnn-small", "train_fraction": 0.1}
+
+#: Fractions of hidden units removed in ``distill``'s pruning_curve.png, and the most probe
+#: inputs those curves' compensating re-fits use (kept cheap: a diagnostic plot).
+PRUNING_PLOT_FRACTIONS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
+PRUNING_PLOT_MAX_PROBE = 1024
 
 #: Defaults of the options that are not teacher hyperparameters.
 RUN_DEFAULTS: dict[str, Any] = {
@@ -132,6 +171,20 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _variance(text: str) -> Any:
+    if text in ("posterior", "unit", "learned"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected posterior, unit, learned or a positive number (a prior standard deviation), got {text!r}"
+        ) from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive prior standard deviation, got {text!r}")
+    return value
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
@@ -143,6 +196,10 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 # --------------------------------------------------------------------------- parser
+#: Appended to a help text that states its default itself: "%(default).0s" expands to nothing
+#: but stops ArgumentDefaultsHelpFormatter from adding "(default: None)".
+_NO_DEFAULT = "%(default).0s"
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -190,22 +247,76 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.set_defaults(handler=_cmd_evaluate)
 
+    dd = DISTILL_DEFAULTS
+    dist = sub.add_parser(
+        "distill",
+        help="distill a teacher posterior into a smaller Bayesian student (aligned-teacher prior)",
+        description="Align the teacher posterior (written by 'bayesdistill fit') to a smaller student "
+        "architecture, train the student with the aligned teacher posterior as its prior and, as a "
+        "reference, the same student with a plain Normal(0, 1) prior; write metrics.json, the "
+        "student's posterior.pt, plan.json/plan.pt and plots into --out and print a comparison.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    dist.add_argument("--teacher", type=Path, required=True, help="the teacher's posterior.pt (from fit)" + _NO_DEFAULT)
+    dist.add_argument("--student", required=True,
+                      help="student architecture: cnn-small, cnn, cnn-deep or mlp (no wider, no deeper than the teacher)"
+                      + _NO_DEFAULT)
+    dist.add_argument("--out", type=Path, required=True, help="output folder (created if needed)" + _NO_DEFAULT)
+    dist.add_argument("--dataset", default=None, help="dataset (default: the teacher's)" + _NO_DEFAULT)
+    dist.add_argument("--train-fraction", type=_fraction, default=RUN_DEFAULTS["train_fraction"],
+                      help="train the students on this class-balanced fraction of the training set")
+    dist.add_argument("--epochs", type=_nonnegative_int, default=dd["epochs"], help="passes over the training set")
+    dist.add_argument("--batch-size", type=_positive_int, default=dd["batch_size"], help="examples per SVI step")
+    dist.add_argument("--lr", type=_positive_float, default=dd["lr"], help="Adam learning rate")
+    dist.add_argument("--lr-schedule", choices=["cosine", "none"], default=dd["lr_schedule"] or "none",
+                      help="learning-rate schedule over the epochs")
+    dist.add_argument("--kl-weight", type=_nonnegative_float, default=dd["kl_weight"],
+                      help="multiplies KL(q||p) in the objective (< 1: a 'cold' posterior)")
+    dist.add_argument("--criterion", choices=["snr", "data", "random"], default=dd["criterion"],
+                      help="which units alignment removes: lowest signal-to-noise ratio, smallest "
+                      "contribution on the probe data, or random (the paper's choice)")
+    dist.add_argument("--variance", type=_variance, default=dd["variance"],
+                      help="prior scale of the distilled student: posterior (the teacher's), unit, "
+                      "learned (empirical Bayes, one scale per tensor) or a number")
+    dist.add_argument("--init", choices=["prior-mean", "random"], default=dd["init"],
+                      help="initial means of the distilled student: the aligned teacher means or the "
+                      "network's random initialization")
+    dist.add_argument("--no-compensation", dest="compensation", action="store_false", default=dd["compensation"],
+                      help="do not re-fit the next layer on the teacher's training inputs after each removal (default: re-fit)" + _NO_DEFAULT)
+    dist.add_argument("--probe-size", type=_positive_int, default=None,
+                      help="use this many of the teacher's training inputs (a seeded random subset) as "
+                      "probe data for alignment (default: all of them)" + _NO_DEFAULT)
+    dist.add_argument("--channels", type=_positive_int, default=None,
+                      help="cnn students: channels per conv layer (default: the architecture's own)" + _NO_DEFAULT)
+    dist.add_argument("--hidden", type=_int_list, default=None,
+                      help="mlp students: hidden layer widths, comma-separated (default: 256,256)" + _NO_DEFAULT)
+    dist.add_argument("--num-samples", type=_positive_int, default=RUN_DEFAULTS["num_samples"],
+                      help="posterior draws S for the test metrics")
+    dist.add_argument("--monitor", action="store_true",
+                      help="evaluate both students on the test split after every epoch (students.png)")
+    dist.add_argument("--seed", type=int, default=RUN_DEFAULTS["seed"],
+                      help="seeds the student network, alignment, training and the evaluation draws")
+    dist.add_argument("--device", default=RUN_DEFAULTS["device"], help="cpu, cuda, cuda:1, or auto")
+    dist.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
+    dist.set_defaults(handler=_cmd_distill)
+
     demo = sub.add_parser(
         "demo",
-        help="train the default teacher (CNN on MNIST-1D) and write a report",
-        description="Train the default Bayesian teacher (1-D CNN on MNIST-1D with TEACHER_DEFAULTS) "
-        "and write the fit artefacts plus report.md into --out.",
+        help="train a teacher (CNN on MNIST-1D), distill it into a smaller student, write a report",
+        description="Train a Bayesian teacher (cnn-deep on MNIST-1D with TEACHER_DEFAULTS) into OUT/teacher, "
+        "distill it into cnn-small on 10% of the training set (DISTILL_DEFAULTS) against a plain "
+        "student into OUT/student, and write OUT/report.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     demo.add_argument("--out", type=Path, default=Path("bayesdistill-demo"), help="output folder")
     demo.add_argument("--quick", action="store_true",
                       help=f"a smoke run in seconds ({QUICK_DEMO['epochs']} epochs on "
-                      f"{QUICK_DEMO['train_fraction']:.0%} of the training set)")
+                      f"{QUICK_DEMO['train_fraction']:.0%} of the training set)".replace("%", "%%"))
     demo.add_argument("--seed", type=int, default=RUN_DEFAULTS["seed"], help="random seed")
     demo.add_argument("--device", default=RUN_DEFAULTS["device"], help="cpu, cuda, cuda:1, or auto")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(handler=_cmd_demo)
-    for p in (fit, ev, demo):  # also accepted after the command; SUPPRESS keeps a leading --debug
+    for p in (fit, ev, dist, demo):  # also accepted after the command; SUPPRESS keeps a leading --debug
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show full tracebacks for errors")
     return parser
@@ -465,6 +576,18 @@ def load_teacher(path: Path, device=None):
     return bnn, q
 
 
+def _check_fits(meta: dict[str, Any], data: Any, what: str = "the posterior") -> None:
+    """Raise ShapeMismatchError unless ``data`` has the input shape and outputs of ``meta``."""
+    import bayesdistill as bd
+
+    if tuple(data.input_shape) != tuple(meta["input_shape"]) or int(data.output_dim) != int(meta["output_dim"]):
+        raise bd.ShapeMismatchError(
+            f"{what} was trained on inputs of shape {tuple(meta['input_shape'])} with "
+            f"{meta['output_dim']} outputs, but {data.name!r} has inputs {tuple(data.input_shape)} "
+            f"and {data.output_dim} outputs"
+        )
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import bayesdistill as bd
 
@@ -475,12 +598,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not name:
         raise CLIError(f"{str(args.posterior)!r} does not record its dataset; pass --dataset")
     data = bd.datasets.load(name)
-    if tuple(data.input_shape) != tuple(meta["input_shape"]) or int(data.output_dim) != int(meta["output_dim"]):
-        raise bd.ShapeMismatchError(
-            f"the posterior was trained on inputs of shape {tuple(meta['input_shape'])} with "
-            f"{meta['output_dim']} outputs, but {data.name!r} has inputs {tuple(data.input_shape)} "
-            f"and {data.output_dim} outputs"
-        )
+    _check_fits(meta, data)
     seed = args.seed if args.seed is not None else int(meta.get("seed", 0))
     scores = bd.evaluate(bnn, data.test, num_samples=args.num_samples, seed=seed)
     if args.json:
@@ -491,66 +609,422 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- distill
+def _student_kwargs(model: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Architecture options of the student given on the command line (``--channels``/``--hidden``)."""
+    kw: dict[str, Any] = {}
+    if cfg.get("channels") is not None:
+        if not model.startswith("cnn"):
+            raise CLIError(f"--channels applies to cnn students, not {model!r}")
+        kw["channels"] = int(cfg["channels"])
+    if cfg.get("hidden") is not None:
+        if model != "mlp":
+            raise CLIError(f"--hidden applies to mlp students, not {model!r}")
+        kw["hidden"] = [int(h) for h in cfg["hidden"]]
+    return kw
+
+
+def _probe_inputs(meta: dict[str, Any], name: str, size: Optional[int], seed: int):
+    """The teacher's training inputs (its dataset, train fraction and seed from the metadata).
+
+    ``size``: a seeded random subset of that many (kept in dataset order).
+    """
+    import torch
+
+    import bayesdistill as bd
+
+    teacher_data = bd.datasets.load(name, train_fraction=float(meta.get("train_fraction", 1.0)),
+                                    seed=int(meta.get("seed", 0)))
+    x = teacher_data.train.tensors[0]
+    if size is not None and size < len(x):
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:size].sort().values
+        x = x[idx]
+    return x
+
+
+def _check_not_wider(teacher_net: Any, student_net: Any, teacher_name: str, student_name: str) -> None:
+    """A one-line error for a student layer wider than every teacher layer it could be aligned to.
+
+    Alignment keeps the layer order and the first and last layers, so student layer i (of m) can
+    only come from teacher layers i .. i + (n - m) (of n). ``bd.align`` would also refuse such a
+    student, but lists the reasons of every way to remove layers; this names the layer directly.
+    """
+    import bayesdistill as bd
+    from .distill import parse_chain
+
+    try:
+        tl, sl = parse_chain(teacher_net, None, "teacher").layers, parse_chain(student_net, None, "student").layers
+    except bd.UnsupportedLayerError:
+        return  # align reports it
+    n, m = len(tl), len(sl)
+    if m > n:
+        return
+    for i, s in enumerate(sl):
+        # the first and the last layers are never removed: they map onto each other
+        cands = [tl[0]] if i == 0 else [tl[-1]] if i == m - 1 else tl[i: i + n - m + 1]
+        if s.out_units > max(t.out_units for t in cands):
+            where = ", ".join(f"{t.path!r}: {t.out_units}" for t in cands)
+            raise bd.ShapeMismatchError(
+                f"student {student_name} is wider than teacher {teacher_name}: student layer {s.path!r} "
+                f"({s.describe()}) has {s.out_units} units, more than any teacher layer it could be aligned to "
+                f"({where}); choose a narrower student (e.g. fewer --channels / --hidden)"
+            )
+
+
+def _plan_data(plan: Any) -> dict[str, Any]:
+    """The plan's settings and per-layer summary (no unit lists or traces: those are in plan.json)."""
+    layers = []
+    for L in plan.layers:
+        layers.append({
+            "teacher": L["teacher"], "student": L["student"], "kind": L["kind"],
+            "teacher_units": L["teacher_units"], "student_units": L["student_units"],
+            "kept": len(L["kept"]) if L.get("kept") is not None else None, "removed": L["removed"],
+            "residual": L["residual"], "error": L.get("error"),
+        })
+    return {"criterion": plan.criterion, "removal": plan.removal, "compensation": plan.compensation,
+            "step": plan.step, "output_error": plan.output_error, "layers": layers}
+
+
+def _compare_table(columns: dict[str, dict[str, Any]], title: str) -> str:
+    """Metrics side by side: one column per network (name -> metrics dict)."""
+    keys = list(dict.fromkeys(k for m in columns.values() for k in m if k != "num_samples"))
+    width = max([len(k) for k in keys] + [8])
+    colw = max([len(c) for c in columns] + [10])
+    header = f"{'':<{width}}  " + "  ".join(f"{c:>{colw}}" for c in columns)
+    lines = [title, "-" * max(len(title), len(header)), header]
+    for k in keys:
+        cells = "  ".join(f"{_fmt(m[k]) if k in m else '-':>{colw}}" for m in columns.values())
+        lines.append(f"{k:<{width}}  {cells}")
+    return "\n".join(lines)
+
+
+def _students_figure(histories: dict[str, list[dict[str, float]]], reference: Optional[dict[str, float]] = None):
+    """Test accuracy (or RMSE) and NLL per epoch of each student (the eval_* columns of --monitor);
+    ``reference``: the teacher's test metrics, drawn as dashed horizontal lines."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(11.0, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    metric = "eval_accuracy" if any("eval_accuracy" in r for h in histories.values() for r in h) else "eval_rmse"
+    for i, (name, rows) in enumerate(histories.items()):
+        for ax, key in ((left, metric), (right, "eval_nll")):
+            pts = [(r["epoch"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), color=f"C{i}", label=name)
+    left.set_ylabel("test accuracy" if metric == "eval_accuracy" else "test RMSE (target units)")
+    right.set_ylabel("test NLL (nats per example)")
+    if reference:
+        for ax, key in ((left, metric[len("eval_"):]), (right, "nll")):
+            if key in reference:
+                ax.axhline(reference[key], color="0.4", ls="--", lw=1, label="teacher")
+    for ax, t in ((left, metric[len("eval_"):]), (right, "NLL")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_title(f"test {t} per epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+    fig.suptitle("distilled (aligned-teacher prior) vs plain student")
+    return fig
+
+
+def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Distill the teacher posterior ``cfg["teacher"]`` into ``cfg["student"]`` and write the artefacts.
+
+    ``cfg`` holds the parsed options of ``bayesdistill distill``. Returns the content of
+    ``metrics.json``.
+    """
+    import torch
+
+    import bayesdistill as bd
+
+    from .diagnostics import plots
+    from .distill import pruning
+
+    t_start = time.perf_counter()
+    quiet = bool(cfg["quiet"])
+    device = _resolve_device(cfg["device"])
+    teacher, q_file = load_teacher(Path(cfg["teacher"]), device)
+    meta = q_file.metadata
+    q_teacher = teacher.posterior()  # the plan's source (plan.apply recognizes it exactly)
+    name = cfg["dataset"] or meta.get("dataset")
+    if not name:
+        raise CLIError(f"{str(cfg['teacher'])!r} does not record its dataset; pass --dataset")
+    data = bd.datasets.load(name, train_fraction=cfg["train_fraction"], seed=cfg["seed"])
+    _check_fits(meta, data, "the teacher")
+    student_kwargs = _student_kwargs(cfg["student"], cfg)
+    torch.manual_seed(cfg["seed"])  # the student network's initialization (both students share it)
+    student_net = bd.models.build(cfg["student"], data.input_shape, data.output_dim, **student_kwargs)
+
+    compensation = bool(cfg["compensation"])
+    needs_probe = compensation or cfg["criterion"] == "data"
+    probe = _probe_inputs(meta, data.name, cfg["probe_size"], cfg["seed"])
+    _check_not_wider(teacher.net, student_net, meta["model"], cfg["student"])
+    t_align = time.perf_counter()
+    try:
+        plan = bd.align(teacher, student_net, criterion=cfg["criterion"], data=probe if needs_probe else None,
+                        compensation=compensation, seed=cfg["seed"], max_probe=len(probe))
+    except (bd.ShapeMismatchError, bd.UnsupportedLayerError) as err:
+        raise type(err)(f"cannot align teacher {meta['model']} to student {cfg['student']}: {err}") from err
+    align_time = time.perf_counter() - t_align
+
+    warnings: list[str] = []
+    if cfg["variance"] == "posterior":
+        # a degenerate aligned scale (e.g. a folded layer's unmatched unit) makes KL(q || p) explode
+        scales = plan.apply(q_teacher).scales
+        tiny = {k: int((v < 1e-8).sum()) for k, v in scales.items() if bool((v < 1e-8).any())}
+        if tiny:
+            warnings.append(
+                f"--variance posterior: {sum(tiny.values())} aligned teacher scales are below 1e-8 ({tiny}); "
+                "the prior pins those weights and KL(q || p) will be huge; consider --variance unit or learned"
+            )
+    for w in warnings:
+        print(f"bayesdistill distill: warning: {w}", file=sys.stderr)
+    likelihood_name = _likelihood(data.task)[1]
+    prior = bd.priors.TeacherPosterior(q_teacher, plan=plan, variance=cfg["variance"])
+    init = "prior-mean" if cfg["init"] == "prior-mean" else "module"
+    distilled = bd.BNN(student_net, prior=prior, likelihood=_likelihood(data.task)[0],
+                       dataset_size=len(data.train), init=init)
+    if init == "prior-mean":  # the aligned normalization statistics, if any, go with the means
+        pruning._load_points(distilled, plan.apply(q_teacher))
+    plain = bd.BNN(student_net, prior=bd.priors.Normal(scale=1.0), likelihood=_likelihood(data.task)[0],
+                   dataset_size=len(data.train), init="module")
+    out.mkdir(parents=True, exist_ok=True)  # only once teacher, dataset, student and plan are known
+    _say(quiet, f"distill: teacher {meta['model']} ({teacher.num_weights} Bayesian weights) -> student "
+         f"{cfg['student']} ({distilled.num_weights}) on {data.name} ({len(data.train)} train / "
+         f"{len(data.test)} test), probe {len(probe) if needs_probe else 0} teacher inputs, device {device}")
+    _say(quiet, plan.summary())
+
+    lr_schedule = None if cfg["lr_schedule"] in (None, "none") else cfg["lr_schedule"]
+    fit_kw = dict(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], device=device, seed=cfg["seed"],
+                  kl_weight=cfg["kl_weight"], lr_schedule=lr_schedule, progress=not quiet,
+                  eval_data=data.test if cfg["monitor"] else None)
+    _say(quiet, f"training the distilled student (prior: aligned teacher posterior, variance={cfg['variance']}, "
+         f"init={cfg['init']})")
+    res_distilled = bd.fit(distilled, data.train, **fit_kw)
+    _say(quiet, "training the plain student (prior: Normal(0, 1), random init)")
+    res_plain = bd.fit(plain, data.train, **fit_kw)
+
+    ev = dict(num_samples=cfg["num_samples"], seed=cfg["seed"])
+    q_student = distilled.posterior()
+    q_student.metadata = {
+        "model": cfg["student"],
+        "model_kwargs": student_kwargs,
+        "dataset": data.name,
+        "input_shape": list(data.input_shape),
+        "output_dim": int(data.output_dim),
+        "task": data.task,
+        "likelihood": likelihood_name,
+        "prior": "teacher-posterior",
+        "seed": int(cfg["seed"]),
+        "train_fraction": float(cfg["train_fraction"]),
+        "epochs": len(res_distilled.history),
+        "teacher": str(cfg["teacher"]),
+        "teacher_model": meta["model"],
+        "distill": {k: cfg[k] for k in ("criterion", "variance", "init", "compensation", "kl_weight")},
+        "bayesdistill_version": bd.__version__,
+    }
+    q_student.save(out / "posterior.pt")
+    distilled.load_posterior(q_student)  # evaluate exactly what `evaluate` rebuilds from the file
+    aligned = pruning.aligned_network(teacher, student_net, plan)
+    results = {
+        "teacher": bd.evaluate(teacher, data.test, **ev),
+        "aligned": bd.evaluate(aligned, data.test, **ev),
+        "distilled": bd.evaluate(distilled, data.test, **ev),
+        "plain": bd.evaluate(plain, data.test, **ev),
+    }
+    plan.save(out / "plan.pt")
+    plan.to_json(out / "plan.json")
+
+    def part(bnn, result):
+        last = result.history[-1] if result.history else {}
+        return {"num_weights": bnn.num_weights, "train": {k: last[k] for k in ("elbo", "nll", "kl") if k in last},
+                "epochs_trained": len(result.history),
+                "train_time_s": float(sum(r.get("time_s", 0.0) for r in result.history))}
+
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k != "quiet"}
+    config["teacher"] = str(cfg["teacher"])
+    config["device"] = str(device)
+    metrics: dict[str, Any] = {
+        "dataset": data.name,
+        "task": data.task,
+        "teacher": {"posterior": str(cfg["teacher"]), "model": meta["model"], "num_weights": teacher.num_weights,
+                    "test": results["teacher"]},
+        "student": {"model": cfg["student"], "model_kwargs": student_kwargs},
+        "distilled": {"test": results["distilled"], **part(distilled, res_distilled)},
+        "plain": {"test": results["plain"], **part(plain, res_plain)},
+        "aligned": {"test": results["aligned"]},
+        "plan": _plan_data(plan),
+        "train_size": len(data.train),
+        "test_size": len(data.test),
+        "probe_size": len(probe) if needs_probe else 0,
+        "align_time_s": align_time,
+        "config": config,
+        "warnings": warnings,
+        "pruning_curve": None,  # filled in below
+        "wall_time_s": None,
+        "bayesdistill_version": bd.__version__,
+    }
+    for result, fname in ((res_distilled, "history.csv"), (res_plain, "plain_history.csv")):
+        if result.history:
+            result.to_csv(out / fname)
+        else:
+            (out / fname).write_text("epoch\n")
+    if res_distilled.history:
+        plots.save(plots.elbo(res_distilled), out / "elbo.png")
+    if cfg["monitor"] and res_distilled.history:
+        plots.save(_students_figure({"distilled": res_distilled.history, "plain": res_plain.history},
+                                    results["teacher"]), out / "students.png")
+    plots.save(plots.alignment(plan), out / "alignment.png")
+    # the teacher's width-pruning curve with the chosen criterion, with and without compensation
+    curve_probe = probe[:PRUNING_PLOT_MAX_PROBE]
+    curves = [pruning.pruning_curve(teacher, data.test, criterion=cfg["criterion"], fractions=PRUNING_PLOT_FRACTIONS,
+                                    compensation=c, probe=curve_probe, num_samples=cfg["num_samples"],
+                                    seed=cfg["seed"]) for c in (False, True)]
+    metrics["pruning_curve"] = curves
+    plots.save(plots.pruning_curve(curves, title=f"teacher {meta['model']} aligned to narrower copies of itself "
+                                   f"(no training; probe {len(curve_probe)} inputs)"), out / "pruning_curve.png")
+    metrics["wall_time_s"] = time.perf_counter() - t_start
+    _write_json(metrics, out / "metrics.json")
+    return metrics
+
+
+def _print_comparison(metrics: dict[str, Any], out: Optional[Path]) -> None:
+    s = metrics["distilled"]["test"].get("num_samples", "?")
+    cols = {key: dict(metrics[key]["test"]) for key in ("teacher", "aligned", "distilled", "plain")}
+    for key in cols:
+        cols[key]["weights"] = metrics["teacher" if key == "teacher" else "distilled"]["num_weights"]
+    title = (f"test metrics on {metrics['dataset']} (S = {s} draws): teacher {metrics['teacher']['model']}, "
+             f"student {metrics['student']['model']} aligned (before training), distilled, plain")
+    print(_compare_table(cols, title))
+    if out is not None:
+        print(f"wall time {metrics['wall_time_s']:.1f} s; artefacts in {out}")
+
+
+def _distill_cfg_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("teacher", "student", "dataset", "train_fraction", "epochs", "batch_size", "lr", "lr_schedule",
+            "kl_weight", "criterion", "variance", "init", "compensation", "probe_size", "channels", "hidden",
+            "num_samples", "monitor", "seed", "device", "quiet")
+    return {k: getattr(args, k) for k in keys}
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    metrics = run_distill(_distill_cfg_from_args(args), args.out)
+    _print_comparison(metrics, args.out)
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
-def _report(metrics: dict[str, Any], quick: bool) -> str:
-    cfg = metrics["config"]
-    rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in metrics["test"].items())
+def _md_table(columns: dict[str, dict[str, Any]]) -> str:
+    keys = list(dict.fromkeys(k for m in columns.values() for k in m if k != "num_samples"))
+    lines = ["| metric | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(_fmt(m[k]) if k in m else "-" for m in columns.values()) + " |")
+    return "\n".join(lines)
+
+
+def _report(teacher: dict[str, Any], student: dict[str, Any], quick: bool) -> str:
+    cfg, dcfg = teacher["config"], student["config"]
     hyper = ", ".join(f"{k}={cfg[k]}" for k in ("epochs", "lr", "batch_size", "prior_scale", "lr_schedule",
-                                                "channels", "train_fraction", "seed"))
+                                                "kl_weight", "train_fraction", "seed"))
+    dhyper = ", ".join(f"{k}={dcfg[k]}" for k in ("epochs", "lr", "batch_size", "kl_weight", "lr_schedule",
+                                                  "criterion", "variance", "init", "compensation",
+                                                  "train_fraction", "seed"))
     note = ("\n> This is a `--quick` smoke run (few epochs on a small subset); the numbers are not "
-            "representative. Run `bayesdistill demo` for the full teacher.\n" if quick else "")
-    return f"""# bayesdistill demo: a Bayesian teacher on MNIST-1D
+            "representative. Run `bayesdistill demo` for the full run.\n" if quick else "")
+    cols = {name: dict(student[key]["test"]) for name, key in (
+        ("teacher", "teacher"), ("aligned, untrained", "aligned"), ("distilled", "distilled"), ("plain", "plain"))}
+    for name in cols:
+        cols[name]["Bayesian weights"] = student["teacher" if name == "teacher" else "distilled"]["num_weights"]
+    plan = student["plan"]
+    layer_rows = "\n".join(
+        f"| {L['teacher']} | {L['student'] if not L['removed'] else 'removed'} | {L['teacher_units']} -> "
+        f"{L['student_units'] if not L['removed'] else 0} | "
+        + (f"{L['error']['restricted']:.3g} -> {L['error']['compensated']:.3g}" if L.get("error") else "-")
+        + " |"
+        for L in plan["layers"]
+    )
+    n_removed = sum(1 for L in plan["layers"] if L["removed"])
+    folded = (f"{n_removed} layer{'s' if n_removed > 1 else ''} folded away by `{plan['removal']}`" if n_removed
+              else "no layer removed")
+    out_err = (f" The aligned teacher reproduces the full teacher's outputs on the probe data up to a relative "
+               f"error of {plan['output_error']:.3g}." if plan.get("output_error") is not None else "")
+    images = "\n\n".join(f"![{alt}]({path})" for alt, path in (
+        ("students", "student/students.png"), ("alignment", "student/alignment.png"),
+        ("pruning curve", "student/pruning_curve.png")))
+    return f"""# bayesdistill demo: Bayesian distillation on MNIST-1D
 {note}
-A mean-field Bayesian 1-D CNN ({metrics['num_weights']} Bayesian weights, prior N(0, {cfg['prior_scale']}^2))
-trained by stochastic variational inference on {metrics['train_size']} MNIST-1D sequences for
-{metrics['epochs_trained']} epochs ({metrics['train_time_s']:.1f} s of training, {metrics['wall_time_s']:.1f} s in all).
-Metrics of the posterior predictive (average of {metrics['test'].get('num_samples')} weight draws) on the
-{metrics['test_size']} test sequences; NLL and entropies are in nats per example.
+## The teacher
 
-| metric | test |
-|---|---|
-{rows}
+A mean-field Bayesian 1-D CNN (`{teacher['model']}`, {teacher['num_weights']} Bayesian weights, prior
+N(0, {cfg['prior_scale']}^2)) trained by stochastic variational inference on {teacher['train_size']} MNIST-1D
+sequences for {teacher['epochs_trained']} epochs ({teacher['wall_time_s']:.1f} s). Hyperparameters: {hyper}.
+Artefacts in `teacher/` (posterior, metrics, history, [ELBO](teacher/elbo.png),
+[calibration](teacher/calibration.png), [SNR](teacher/snr.png)).
 
-Hyperparameters: {hyper}.
+## The students
 
-## Training curves
+The student `{student['student']['model']}` is narrower and one layer shallower than the teacher, and is
+trained on only {student['train_size']} training sequences. The teacher's posterior is aligned to the
+student's structure (Grabovoy & Strijov, 2021: units removed by the `{plan['criterion']}` criterion,
+{folded}, compensation {'on' if plan['compensation'] else 'off'}
+with {student['probe_size']} teacher training inputs as probe data) and becomes the **distilled**
+student's prior (and, with `init=prior-mean`, its starting point). The **plain** student has the same
+architecture, a Normal(0, 1) prior and a random initialization; both are trained with the same settings:
+{dhyper}.
 
-ELBO and its parts (expected NLL and KL(q || p), nats over the training set) per epoch:
+Test metrics (posterior predictive, {student['distilled']['test'].get('num_samples')} weight draws,
+{student['test_size']} test sequences; NLL and entropies in nats per example). "aligned, untrained" is
+the aligned teacher posterior used as the student's q(w) before any training.
 
-![ELBO](elbo.png)
+{_md_table(cols)}
 
-## Calibration
+Alignment, per teacher layer (relative reconstruction error of the layer's pre-activations on the probe
+data: by the unit selection alone -> with the compensating re-fits):{out_err}
 
-Reliability diagram of the posterior predictive (ECE in the title):
+| teacher layer | student layer | units | reconstruction error |
+|---|---|---|---|
+{layer_rows}
 
-![calibration](calibration.png)
+{images}
 
-## Posterior signal-to-noise ratio
-
-|loc| / scale of every weight, per layer; weights left of 1 are dominated by posterior noise:
-
-![SNR](snr.png)
+The pruning curve narrows every hidden layer of the teacher (keeping its depth) and evaluates the
+aligned posterior without training: it shows what the unit selection, and the least-squares
+compensation on probe data, keep of the teacher's function.
 
 ## Files
 
-- `posterior.pt`: the teacher posterior q(w) (`bd.MeanFieldPosterior.load`), usable as a student prior
-- `metrics.json`, `history.csv`, `checkpoints/`
+- `teacher/`: `posterior.pt` (the teacher), `metrics.json`, `history.csv`, plots, `checkpoints/`
+- `student/`: `posterior.pt` (the distilled student), `metrics.json` (all four columns above, the plan's
+  per-layer data and the pruning curves), `plan.json` / `plan.pt` (`bd.AlignmentPlan.load`),
+  `history.csv` (distilled), `plain_history.csv`, `elbo.png`, `students.png`, `alignment.png`,
+  `pruning_curve.png`
 
-Reproduce the evaluation: `bayesdistill evaluate --posterior posterior.pt --num-samples {metrics['test'].get('num_samples')}`
+Reproduce the distilled student's evaluation:
+`bayesdistill evaluate --posterior student/posterior.pt --num-samples {student['distilled']['test'].get('num_samples')}`
 """
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     cfg = dict(RUN_DEFAULTS)
     cfg.update(TEACHER_DEFAULTS)
-    cfg.update(dataset="mnist1d", model="cnn", seed=args.seed, device=args.device, quiet=args.quiet,
-               monitor=True, checkpoint=True)
+    cfg.update(dataset="mnist1d", model=DEMO_STUDENT["teacher_model"], seed=args.seed, device=args.device,
+               quiet=args.quiet, monitor=True, checkpoint=True)
     if args.quick:
         cfg.update(QUICK_DEMO)
-    metrics = run_fit(cfg, args.out)
+    teacher = run_fit(cfg, args.out / "teacher")
+    if not args.quiet:
+        _print_metrics(teacher, args.out / "teacher", False)
+    dcfg: dict[str, Any] = dict(DISTILL_DEFAULTS)
+    dcfg.update(teacher=args.out / "teacher" / "posterior.pt", student=DEMO_STUDENT["student"], dataset="mnist1d",
+                train_fraction=DEMO_STUDENT["train_fraction"], probe_size=None, channels=None, hidden=None,
+                num_samples=cfg["num_samples"], monitor=True, seed=args.seed, device=args.device, quiet=args.quiet)
+    if args.quick:
+        dcfg["epochs"] = QUICK_DEMO["epochs"]
+    student = run_distill(dcfg, args.out / "student")
     report = args.out / "report.md"
-    report.write_text(_report(metrics, args.quick))
-    _print_metrics(metrics, args.out, args.quiet)
+    report.write_text(_report(teacher, student, args.quick))
+    _print_comparison(student, args.out)
     print(f"report: {report}")
     return 0
 

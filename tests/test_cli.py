@@ -140,19 +140,26 @@ def test_fit_regression_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture
 
 # ----------------------------------------------------------------------------- demo
 def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo: a cnn-deep teacher in OUT/teacher, cnn-small students in OUT/student, OUT/report.md."""
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--quiet", "--out", str(out)]) == 0
-    metrics = _check_artefacts(out)
-    assert metrics["dataset"] == "mnist1d" and metrics["model"] == "cnn"
+    metrics = _check_artefacts(out / "teacher")
+    assert metrics["dataset"] == "mnist1d" and metrics["model"] == cli.DEMO_STUDENT["teacher_model"] == "cnn-deep"
     assert metrics["config"]["channels"] == TEACHER_DEFAULTS["channels"]
     assert metrics["epochs_trained"] == cli.QUICK_DEMO["epochs"]
-    report = (out / "report.md").read_text()
-    for png in ("elbo.png", "calibration.png", "snr.png"):
-        assert f"({png})" in report
-    assert "| accuracy |" in report and "--quick" in report
-    rows = _read_history(out / "history.csv")
+    rows = _read_history(out / "teacher" / "history.csv")
     assert "eval_accuracy" in rows[0]  # the demo monitors the test split
-    assert "report:" in capsys.readouterr().out
+    student = json.loads((out / "student" / "metrics.json").read_text())
+    assert student["student"]["model"] == cli.DEMO_STUDENT["student"] == "cnn-small"
+    assert student["train_size"] == 400 and student["distilled"]["epochs_trained"] == cli.QUICK_DEMO["epochs"]
+    for png in ("elbo.png", "alignment.png", "pruning_curve.png", "students.png"):
+        assert (out / "student" / png).read_bytes()[:4] == b"\x89PNG", png
+    report = (out / "report.md").read_text()
+    for png in ("student/students.png", "student/alignment.png", "student/pruning_curve.png", "teacher/elbo.png"):
+        assert f"({png})" in report
+    assert "| accuracy |" in report and "| distilled | plain |" in report and "--quick" in report
+    printed = capsys.readouterr().out
+    assert "report:" in printed and "distilled" in printed
 
 
 def test_teacher_defaults_drive_fit_parser() -> None:

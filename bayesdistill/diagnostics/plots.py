@@ -9,11 +9,14 @@ Agg included. In a notebook the returned figure displays once, as the cell's val
 >>> fig = plots.elbo(result)                   # a FitResult, its history, or a history.csv path
 >>> fig = plots.calibration(bnn, data.test)    # reliability diagram, ECE in the title
 >>> fig = plots.snr_histogram(bnn.posterior()) # |loc| / scale per layer
+>>> fig = plots.alignment(plan)                # bd.align: unit scores while pruning, kept/removed
+>>> fig = plots.pruning_curve(teacher, data.test, criterion="snr")  # metrics vs fraction pruned
 >>> plots.save(fig, "elbo.png")
 
 Units: the ELBO, its expected negative log-likelihood (NLL) and KL(q || p) are in nats for the
 whole training set (as in :class:`~bayesdistill.FitResult`); confidences and accuracies are
-probabilities; the signal-to-noise ratio is dimensionless.
+probabilities; the signal-to-noise ratio is dimensionless; alignment scores are in the
+criterion's units (snr: dimensionless; data: squared pre-activation units; random: none).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ if TYPE_CHECKING:  # matplotlib is imported on first use: `import bayesdistill` 
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["elbo", "calibration", "snr_histogram", "save"]
+__all__ = ["elbo", "calibration", "snr_histogram", "alignment", "pruning_curve", "save"]
 
 History = Union[Sequence[Mapping[str, float]], str, os.PathLike]
 
@@ -361,6 +364,235 @@ def snr_histogram(posterior: Any, ax: Optional["Axes"] = None, log: bool = True,
     ax.set_title(f"posterior SNR per layer ({everything.numel()} weights, median {median:.3g})")
     ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
+    return fig
+
+
+# --------------------------------------------------------------------------- alignment
+def _plan_layers(plan: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Layer records and settings of an AlignmentPlan, its state/JSON dict, or a plan file."""
+    if isinstance(plan, (str, os.PathLike)):
+        path = Path(plan)
+        if path.suffix == ".json":
+            import json
+
+            plan = json.loads(path.read_text())
+        else:
+            from ..distill.align import AlignmentPlan
+
+            plan = AlignmentPlan.load(path)
+    if isinstance(plan, Mapping):
+        layers, get = plan.get("layers"), plan.get
+    else:
+        layers, get = getattr(plan, "layers", None), lambda k, d=None: getattr(plan, k, d)
+    if not isinstance(layers, Sequence) or not all(isinstance(L, Mapping) and "teacher" in L for L in layers):
+        raise TypeError(
+            "alignment() expects an AlignmentPlan (bd.align), its state or to_json() data, or the path of "
+            f"plan.json / plan.pt; got {type(plan).__name__}"
+        )
+    settings = {k: get(k) for k in ("criterion", "removal", "compensation", "output_error")}
+    return [dict(L) for L in layers], settings
+
+
+def _layer_label(L: Mapping[str, Any]) -> str:
+    if L.get("removed"):
+        return f"{L['teacher']} (layer removed)"
+    return f"{L['teacher']} -> {L.get('student')}"
+
+
+def _draw_trace(ax: "Axes", layers: list[dict[str, Any]], settings: dict[str, Any]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    drawn, scores = 0, []
+    for i, L in enumerate(layers):
+        trace = L.get("trace") or []
+        if not trace:
+            continue
+        ys = [float(r[2]) for r in trace]
+        scores += ys
+        kept = len(L.get("kept") or [])
+        ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, lw=1.2, color=f"C{i % 10}",
+                label=f"{_layer_label(L)}: kept {kept}/{L['teacher_units']}")
+        drawn += 1
+    crit = settings.get("criterion") or "?"
+    finite = [v for v in scores if math.isfinite(v)]
+    if finite and min(finite) > 0 and max(finite) / min(finite) > 50:
+        ax.set_yscale("log")
+    if drawn:
+        ax.legend(loc="best", fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no unit was removed\n(the student has the teacher's widths)", ha="center",
+                va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xlabel("removal order within the layer (1 = removed first)")
+    ax.set_ylabel(f"score of the removed unit ({crit})")
+    ax.set_title(f"unit scores while pruning (criterion {crit}, re-scored every round)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def alignment(plan: Any, ax: Optional["Axes"] = None) -> "Figure":
+    """An alignment plan (:func:`~bayesdistill.align`): unit scores while pruning, kept/removed units.
+
+    Left panel: per teacher layer, the criterion's score of each removed unit in the order of
+    removal (units are removed a fraction at a time and the rest re-scored, so scores rise from
+    round to round: a steep rise means the criterion ran out of unimportant units); the legend
+    gives the kept units per layer. Right panel: kept and removed units per teacher layer
+    (stacked bars); a layer removed as a whole (its units folded into the next layer) is grey;
+    with probe data, each bar is annotated with the relative reconstruction error of the layer's
+    pre-activations by the unit selection alone -> with the compensating re-fits, and removed
+    layers with their removal residual.
+
+    Args:
+        plan: an :class:`~bayesdistill.AlignmentPlan`, its ``state()`` or ``to_json()`` data, or
+            the path of a ``plan.json`` / ``plan.pt``.
+        ax: draw only the score trace on this axes (returns its figure).
+    """
+    layers, settings = _plan_layers(plan)
+    if ax is not None:
+        _draw_trace(ax, layers, settings)
+        return ax.figure
+
+    fig, axes = _new_figure(1, 2, figsize=(12.0, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    left, right = axes[0, 0], axes[0, 1]
+    _draw_trace(left, layers, settings)
+
+    xs = list(range(len(layers)))
+    total = [int(L["teacher_units"]) for L in layers]
+    kept = [len(L.get("kept") or []) if L.get("kept") is not None else int(L["teacher_units"]) for L in layers]
+    removed = [t - k for t, k in zip(total, kept)]
+    colors = ["0.7" if L.get("removed") else "C0" for L in layers]
+    right.bar(xs, kept, color=colors, edgecolor="k", label="kept units")
+    right.bar(xs, removed, bottom=kept, color="C3", alpha=0.35, hatch="//", edgecolor="C3", label="removed units")
+    if any(L.get("removed") for L in layers):
+        from matplotlib.patches import Patch
+
+        handles, labels = right.get_legend_handles_labels()
+        handles.append(Patch(facecolor="0.7", edgecolor="k"))
+        labels.append("layer removed (folded)")
+        right.legend(handles, labels, loc="upper center", fontsize="x-small", ncols=3)
+    else:
+        right.legend(loc="upper center", fontsize="x-small", ncols=2)
+    top = max(total) if total else 1
+    for x, L, t in zip(xs, layers, total):
+        notes = []
+        err = L.get("error")
+        if err:
+            notes.append(f"{err['restricted']:.2g}->{err['compensated']:.2g}")
+        if L.get("removed") and L.get("residual") is not None:
+            notes.append(f"res {L['residual']:.2f}")
+        if notes:
+            right.text(x, t + 0.02 * top, "\n".join(notes), ha="center", va="bottom", fontsize="x-small")
+    right.set_xticks(xs, [_layer_label(L).replace(" (layer removed)", "\n(removed)").replace(" -> ", "\n-> ")
+                          for L in layers], fontsize="small")
+    right.set_ylim(0, top * 1.4)
+    annotated = any(L.get("error") for L in layers)
+    right.set_xlabel("teacher layer -> student layer"
+                     + ("\n(numbers: reconstruction error, selection -> compensated)" if annotated else ""))
+    right.set_ylabel("units (neurons / channels)")
+    title = "kept vs removed units per layer"
+    if settings.get("output_error") is not None:
+        title += f"\nrelative output error on the probe data: {settings['output_error']:.3g}"
+    right.set_title(title)
+    right.grid(alpha=0.3, axis="y")
+    head = ", ".join(f"{k}={settings[k]}" for k in ("criterion", "removal", "compensation") if settings.get(k) is not None)
+    fig.suptitle(f"alignment plan ({head})" if head else "alignment plan")
+    return fig
+
+
+# --------------------------------------------------------------------------- pruning curve
+def _curve_label(curve: Mapping[str, Any]) -> str:
+    comp = curve.get("compensation")
+    suffix = "" if comp is None else (", compensated" if comp else ", no compensation")
+    return f"{curve.get('criterion', '?')}{suffix}"
+
+
+def pruning_curve(
+    teacher_or_curves: Any,
+    data: Any = None,
+    criterion: Union[str, Sequence[str]] = "snr",
+    *,
+    fractions: Optional[Sequence[float]] = None,
+    compensation: Union[bool, Sequence[bool]] = False,
+    probe: Any = None,
+    num_samples: int = 16,
+    seed: int = 0,
+    title: Optional[str] = None,
+) -> "Figure":
+    """Test accuracy (or RMSE) and NLL of a teacher aligned to narrower copies of itself.
+
+    Call it with precomputed curves (dicts returned by
+    :func:`bayesdistill.distill.pruning_curve`; a list overlays them, e.g. several criteria, with
+    and without compensation)::
+
+        plots.pruning_curve([curve_snr, curve_snr_comp, curve_random])
+
+    or with a teacher and evaluation data, to compute the curves here::
+
+        plots.pruning_curve(teacher, data.test, criterion=["snr", "random"],
+                            compensation=[False, True], probe=data.train)
+
+    (every combination of the given criteria and compensation settings). The left panel plots
+    the accuracy (classification, probability units) or RMSE (regression, target units) against
+    the fraction of hidden units removed, the right one the NLL (nats per example); colours
+    follow the criterion, dashed lines are without compensation. No network is trained: each
+    point is the aligned teacher posterior used as q(w). The curves are stored as ``fig.curves``.
+    """
+    from ..bnn.network import BNN
+
+    if isinstance(teacher_or_curves, BNN):
+        if data is None:
+            raise TypeError("pruning_curve(teacher, data): data (labelled evaluation data) is missing")
+        from ..distill import pruning
+
+        crits = [criterion] if isinstance(criterion, str) or callable(criterion) else list(criterion)
+        comps = [compensation] if isinstance(compensation, bool) else [bool(c) for c in compensation]
+        kw: dict[str, Any] = {"probe": probe, "num_samples": num_samples, "seed": seed}
+        if fractions is not None:
+            kw["fractions"] = fractions
+        curves = [pruning.pruning_curve(teacher_or_curves, data, criterion=c, compensation=comp, **kw)
+                  for c in crits for comp in comps]
+    elif isinstance(teacher_or_curves, Mapping):
+        curves = [dict(teacher_or_curves)]
+    elif isinstance(teacher_or_curves, Sequence) and teacher_or_curves and all(
+        isinstance(c, Mapping) for c in teacher_or_curves
+    ):
+        curves = [dict(c) for c in teacher_or_curves]
+    else:
+        raise TypeError(
+            "pruning_curve() expects a trained BNN (with data) or curve dicts from "
+            f"bayesdistill.distill.pruning_curve; got {type(teacher_or_curves).__name__}"
+        )
+    metrics = set()
+    for c in curves:
+        metric = c.get("metric") or ("accuracy" if "accuracy" in c else "rmse")
+        missing = [k for k in ("fraction", "nll", metric) if k not in c]
+        if missing:
+            raise ValueError(f"pruning_curve(): a curve lacks {missing}; expected distill.pruning_curve's dicts")
+        c["metric"] = metric
+        metrics.add(metric)
+    if len(metrics) > 1:
+        raise ValueError(f"pruning_curve(): cannot overlay curves of different metrics {sorted(metrics)}")
+    metric = metrics.pop()
+
+    fig, axes = _new_figure(1, 2, figsize=(11.0, 4.4))
+    left, right = axes[0, 0], axes[0, 1]
+    crit_colors: dict[str, str] = {}
+    for c in curves:
+        color = crit_colors.setdefault(str(c.get("criterion")), f"C{len(crit_colors) % 10}")
+        style = "--" if c.get("compensation") is False else "-"
+        for ax, key in ((left, metric), (right, "nll")):
+            ax.plot(c["fraction"], c[key], marker="o", ls=style, color=color, label=_curve_label(c))
+    left.set_ylabel("test accuracy" if metric == "accuracy" else "test RMSE (target units)")
+    if metric == "accuracy":
+        left.set_ylim(0, 1.02)
+    left.set_title(("accuracy" if metric == "accuracy" else "RMSE") + " vs fraction pruned")
+    right.set_ylabel("test NLL (nats per example)")
+    right.set_title("NLL vs fraction pruned")
+    for ax in (left, right):
+        ax.set_xlabel("fraction of hidden units removed")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+    fig.suptitle(title or "teacher aligned to narrower copies of itself (no training)")
+    fig.curves = curves
     return fig
 
 
