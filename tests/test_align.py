@@ -873,3 +873,44 @@ def test_cuda_aligned_prior_kl():
     plan = bd.align(teacher, student, data=torch.randn(64, 3, device="cuda"))
     assert plan.apply(qc).device.type == "cuda"
     _kl_check(plan, qc, student, device="cuda")
+
+
+def test_reloaded_teacher_posterior_is_still_the_plans_source(tmp_path):
+    torch.manual_seed(0)
+    teacher = bd.BNN(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), init_scale=0.05)
+    x = torch.randn(64, 4)
+    plan = bd.align(teacher, nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), data=x)
+    assert plan.compensation
+    reloaded = bd.BNN(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+    reloaded.load_posterior(bd.MeanFieldPosterior.load(teacher.posterior().save(tmp_path / "t.pt")))
+    q2 = reloaded.posterior()  # scales moved by the softplus round trip (~1e-8), not by an edit
+    a, b = plan.apply(q2), plan.apply(teacher.posterior())
+    assert all(torch.equal(a.locs[k], b.locs[k]) for k in a.locs)
+    swapped = teacher.posterior()
+    swapped.locs["0.weight"] = swapped.locs["0.weight"][[1, 0, *range(2, 8)]]
+    with pytest.raises(ValueError, match="re-fitted"):
+        plan.apply(swapped)
+
+
+def test_folding_never_leaves_a_collapsed_scale():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    teacher = bd.BNN(net, init_scale=0.05)
+    q = teacher.posterior()
+    # a middle layer with a negative row: no positive entry maps input 2
+    q.locs["2.weight"] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, -1.0]])
+    teacher.load_posterior(q)
+    plan = bd.align(teacher, nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2)), removal="permutation")
+    scales = plan.apply(teacher.posterior()).scales["2.weight"]
+    assert float(scales.min()) >= float(q.scales["4.weight"].min()) * (1 - 1e-6)
+
+
+def test_init_from_an_aligned_posterior_carries_batchnorm_statistics():
+    torch.manual_seed(0)
+    t_net = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2))
+    teacher = bd.BNN(t_net)
+    teacher.net[1].running_mean.copy_(torch.arange(6.0))
+    s_net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    plan = bd.align(teacher, s_net, criterion=lambda ctx: torch.arange(ctx.units, dtype=torch.float))
+    student = bd.BNN(s_net, init=plan.apply(teacher.posterior()))
+    assert torch.equal(student.net[1].running_mean, torch.tensor([2.0, 3.0, 4.0, 5.0]))

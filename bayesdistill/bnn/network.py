@@ -142,7 +142,8 @@ class BNN(nn.Module):
         bayesian_norm: make normalization-layer affine parameters Bayesian too.
         init: initial posterior means: ``"module"`` (the network's own initialization),
             ``"prior-mean"`` (the prior's means, e.g. a teacher's aligned means), a
-            :class:`MeanFieldPosterior` (means *and* scales copied from it), or ``"auto"``
+            :class:`MeanFieldPosterior` (means *and* scales copied from it, and its point estimates
+            whose names and shapes the network has, e.g. BatchNorm statistics), or ``"auto"``
             (default): ``"prior-mean"`` when the prior is a
             :class:`~bayesdistill.priors.TeacherPosterior` (starting at the aligned teacher is
             where distillation's gain comes from: docs/distillation.md), else ``"module"``.
@@ -240,6 +241,8 @@ class BNN(nn.Module):
             self.prior_log_scale = nn.Parameter(
                 torch.zeros(len(sites), dtype=self.prior_scale.dtype, device=self.prior_scale.device)
             )
+        if isinstance(init, MeanFieldPosterior) and init.point_estimates:
+            self._load_matching_point_estimates(init.point_estimates)
         # the flat loc is the only copy of the means: the buffer slots stay empty between passes
         for s in sites:
             s.module._buffers[s.attr] = None
@@ -503,6 +506,19 @@ class BNN(nn.Module):
             for k, v in mod.state_dict().items():
                 out[prefix + k] = v.detach().clone()
         return out
+
+    @torch.no_grad()
+    def _load_matching_point_estimates(self, points: dict[str, Tensor]) -> None:
+        """Copy the point estimates whose names and shapes this network has (e.g. the aligned
+        BatchNorm statistics of a teacher posterior used as ``init=``); ignore the rest."""
+        for prefix, mod in (("net.", self.net), ("likelihood.", self.likelihood)):
+            own = mod.state_dict()
+            take = {
+                k[len(prefix):]: v for k, v in points.items()
+                if k.startswith(prefix) and k[len(prefix):] in own and own[k[len(prefix):]].shape == v.shape
+            }
+            if take:
+                mod.load_state_dict(take, strict=False)
 
     @torch.no_grad()
     def load_posterior(self, q: MeanFieldPosterior) -> "BNN":

@@ -33,7 +33,6 @@ The relative reconstruction error before and after the re-fit is reported per la
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -292,7 +291,13 @@ class _Work:
         gm = wm.reshape(out, units, -1)
         gs = ws.reshape(out, units, -1)
         new_m = torch.einsum("ocg,ci->oig", gm, mix)
-        new_s = torch.einsum("ocg,ci->oig", gs.square(), mix.square()).clamp_min(1e-30).sqrt()
+        # an input no positive entry maps gets mean 0; its scale must not collapse to 0 (a prior
+        # scale of 1e-15 would make the KL explode and SNR scores meaningless): floor it at the
+        # smallest scale the next layer had
+        new_s = torch.einsum("ocg,ci->oig", gs.square(), mix.square()).sqrt()
+        unmapped = (mix == 0).all(0)  # [in_t]
+        if unmapped.any():
+            new_s[:, unmapped] = gs.min()
         if self.bm[t] is not None and self.bm[u] is not None:
             self.bm[u] = self.bm[u] + torch.einsum("ocg,c->o", gm, self.bm[t])
         shape = (out, -1) if self.layers[u].kind == "linear" else (out, mix.shape[1], *wm.shape[2:])
@@ -412,7 +417,7 @@ class AlignmentPlan:
     param_map: dict[str, str]
     ops: list[tuple[Any, ...]] = field(default_factory=list)
     aligned: Optional[MeanFieldPosterior] = None
-    source_fingerprint: str = ""
+    source: Optional[MeanFieldPosterior] = None
     output_error: Optional[float] = None
 
     # -- inspection ---------------------------------------------------------------------------
@@ -459,7 +464,7 @@ class AlignmentPlan:
                     f"plan applied to the wrong posterior: parameter {k!r} has shape "
                     f"{tuple(q.locs[k].shape)}, the plan was built for {tuple(shape)}"
                 )
-        if self.aligned is not None and _fingerprint(q) == self.source_fingerprint:
+        if self.aligned is not None and self.source is not None and _same_posterior(q, self.source):
             return self.aligned.to(q.device).clone()
         if any(op[0] == "set" for op in self.ops):
             raise ValueError(
@@ -488,7 +493,7 @@ class AlignmentPlan:
             "param_map": self.param_map,
             "ops": [list(op) for op in self.ops],
             "aligned": self.aligned.state() if self.aligned is not None else None,
-            "source_fingerprint": self.source_fingerprint,
+            "source": self.source.state() if self.source is not None else None,
             "output_error": self.output_error,
             "chain": getattr(self, "_chain_spec", None),
         }
@@ -505,7 +510,8 @@ class AlignmentPlan:
             student_shapes=state["student_shapes"], param_map=state["param_map"],
             ops=[tuple(op) for op in state["ops"]],
             aligned=MeanFieldPosterior.from_state(state["aligned"]) if state["aligned"] is not None else None,
-            source_fingerprint=state["source_fingerprint"], output_error=state["output_error"],
+            source=MeanFieldPosterior.from_state(state["source"]) if state.get("source") is not None else None,
+            output_error=state["output_error"],
         )
         plan._chain_spec = state.get("chain")
         return plan
@@ -520,7 +526,7 @@ class AlignmentPlan:
 
     def to_json(self, path: Union[str, Path, None] = None) -> str:
         """The inspectable part (layers, settings, shapes, mapping) as JSON; written to ``path`` if given."""
-        data = {k: v for k, v in self.state().items() if k not in ("ops", "aligned", "chain")}
+        data = {k: v for k, v in self.state().items() if k not in ("ops", "aligned", "chain", "source")}
         text = json.dumps(data, indent=2)
         if path is not None:
             Path(path).write_text(text)
@@ -577,15 +583,21 @@ def _replay(work: _Work, op: tuple[Any, ...]) -> None:
         raise ValueError(f"cannot replay op {kind!r}")
 
 
-def _fingerprint(q: MeanFieldPosterior) -> str:
-    h = hashlib.sha256()
-    for k, (loc, scale) in q.items():
-        h.update(k.encode())
-        h.update(repr(tuple(loc.shape)).encode())
-        for t in (loc, scale):
-            # every value (sums would not see a permutation of units, which alignment is all about)
-            h.update(t.detach().double().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+def _same_posterior(q: MeanFieldPosterior, source: MeanFieldPosterior, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
+    """Whether ``q`` is the posterior a plan was built from (up to save/load rounding).
+
+    Element-wise closeness, not a hash: reloading a posterior into a BNN moves scales by ~1e-7
+    (softplus round trip), while a permutation of units, which alignment is all about, moves
+    them by far more.
+    """
+    if list(q.locs) != list(source.locs):
+        return False
+    for k in q.locs:
+        a, b = q.locs[k], source.locs[k].to(q.locs[k].device)
+        sa, sb = q.scales[k], source.scales[k].to(q.scales[k].device)
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=rtol, atol=atol) or not torch.allclose(sa, sb, rtol=rtol, atol=atol):
+            return False
+    return True
 
 
 def _export(work: _Work, plan: AlignmentPlan, q: MeanFieldPosterior) -> MeanFieldPosterior:
@@ -981,7 +993,7 @@ def align(
     )
     plan._chain_spec = _chain_spec(tchain)
     plan.aligned = _export(work, plan, q)
-    plan.source_fingerprint = _fingerprint(q)
+    plan.source = MeanFieldPosterior({k: v.clone() for k, v in q.locs.items()}, {k: v.clone() for k, v in q.scales.items()})
     return plan
 
 
