@@ -629,3 +629,15 @@ def test_two_vid_terms_get_distinct_sites_and_columns():
     assert {a.name, b.name} == {"vid", "vid1"}
     row = result.history[-1]
     assert "vid.0.mi_bound" in row and "vid1.0.mi_bound" in row
+
+
+def test_transfer_batches_do_not_count_the_kl_again():
+    x, y = toy_classification(32)
+    teacher = bnn_teacher(seed=1, hidden=6)
+    student = bd.BNN(tiny_mlp(seed=2), dataset_size=32)
+    xt = torch.randn(64, x.shape[1])
+    # a vanishing learning rate keeps q fixed, so the epoch-end KL is the KL of every step
+    result = bd.fit(student, (x, y), epochs=1, batch_size=16, lr=1e-12, kl_weight=0.5,
+                    progress=False, distill=[KD(teacher)], transfer=xt)
+    row = result.history[-1]
+    torch.testing.assert_close(row["loss"] - row["nll"], 0.5 * row["kl"], rtol=1e-4, atol=1e-3)

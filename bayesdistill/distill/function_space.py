@@ -369,8 +369,11 @@ class VID(DistillTerm):
 def gaussian_entropy(features: Tensor) -> float:
     """Entropy (nats) of a diagonal Gaussian fitted to ``features`` ``[N, ...]`` (per example).
 
-    H = sum_d 1/2 log(2 pi e var_d). The diagonal fit upper-bounds the entropy of a full-
-    covariance Gaussian fit with the same variances.
+    H = sum_d 1/2 log(2 pi e var_d), variances floored at 1e-12. Caveats for the reported
+    ``mi_bound = H(t) + E[log q(t|s)]``: the Gaussian fit over-estimates the entropy of
+    non-Gaussian features (so the "bound" may exceed the true lower bound), and a dead ReLU
+    unit (variance 0) contributes about -12.4 nats; read the bound's change over epochs, not its
+    absolute value.
     """
     f = _flat(features).double()
     var = f.var(0, unbiased=True).clamp_min(1e-12)

@@ -316,7 +316,9 @@ def fit(
             teacher_model = term.teacher_features.teacher
             if isinstance(teacher_model, torch.nn.Module):
                 teacher_model.to(device)
-        objective.setup(batches.first()[0])
+        # shapes, and H(t) of VID pairs, from up to 1024 training inputs (not one batch)
+        probe = batches.tensors[0][:1024] if batches.tensors is not None else batches.first()[0]
+        objective.setup(probe)
         objective.terms.to(device)
         model, guide = objective.model, objective.guide
         if transfer is not None:
@@ -391,7 +393,13 @@ def fit(
                                 _add(term_sums, objective.step_values())
                                 if transfer_iter is not None:
                                     (xt, *_) = next(transfer_iter)
-                                    loss = loss + elbo.differentiable_loss(model, guide, xt, None, transfer_batches.num_examples)
+                                    # the KL was counted once, on the labelled batch: the
+                                    # transfer batch adds only its distillation terms
+                                    kl_w, bnn.kl_weight = bnn.kl_weight, 0.0
+                                    try:
+                                        loss = loss + elbo.differentiable_loss(model, guide, xt, None, transfer_batches.num_examples)
+                                    finally:
+                                        bnn.kl_weight = kl_w
                                     _add(term_sums, objective.step_values())
                                     parts["nll"] = parts["nll"] + elbo.last_parts["nll"]
                                 elbo.last_parts = parts
