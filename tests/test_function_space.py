@@ -24,7 +24,6 @@ from _helpers import randomize_posterior, states_equal, tiny_conv1d, tiny_mlp, t
 from bayesdistill.distill import KD, PKT, VID, DistillObjective, FeatureTaps, Hint, TeacherFeatures
 from bayesdistill.distill.function_space import gaussian_entropy
 from bayesdistill.infer import MeanFieldELBO
-from bayesdistill.infer.fit import Batches
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 LOG_2PI = math.log(2 * math.pi)
