@@ -64,6 +64,10 @@ def heavy_student(
         decay: per-epoch multiplier of the intermediate weights (0.7 in the paper).
         transfer: optional unlabelled inputs used by both stages.
         **fit_kwargs: passed to both :func:`bayesdistill.fit` calls (lr, batch_size, seed, ...).
+
+    Stage 2's history has an ``intermediate_weight`` column (the weight after that epoch's
+    decay). Resuming stage 2 from a checkpoint restarts the decay at ``intermediate_weight``
+    (the decayed weights are not checkpointed); run it without ``resume`` or account for it.
     """
     if not 0 < decay <= 1:
         raise ValueError(f"decay must be in (0, 1], got {decay}")
