@@ -6,6 +6,8 @@
     bayesdistill evaluate --posterior runs/teacher/posterior.pt --dataset mnist1d --json
     bayesdistill distill --teacher runs/teacher/posterior.pt --student cnn-small \
         --train-fraction 0.1 --out runs/student
+    bayesdistill distill --teacher runs/teacher/posterior.pt --student mlp --method kd,vid \
+        --transfer 50000 --out runs/mlp-student
     bayesdistill demo --out bayesdistill-demo            # add --quick for a seconds-long smoke run
     python -m bayesdistill --version
 
@@ -20,17 +22,32 @@
   the posterior signal-to-noise histogram;
 - ``checkpoints/checkpoint.pt``: written after every epoch; ``--resume`` continues from it.
 
-``distill`` aligns the teacher posterior to a smaller student architecture (``bd.align``),
-trains the student with the aligned teacher posterior as its prior
-(``priors.TeacherPosterior(q, plan=plan)``) and, as a reference, the same student with a plain
-``Normal(0, 1)`` prior, and writes into ``--out``: ``metrics.json`` (both students' test
-metrics, the teacher's, the aligned teacher's before training, the plan's per-layer data),
-``posterior.pt`` (the distilled student; ``evaluate`` works on it), ``plan.json`` and
-``plan.pt`` (the alignment plan), ``history.csv`` / ``plain_history.csv``, ``elbo.png``,
-``alignment.png``, ``pruning_curve.png`` (and ``students.png`` with ``--monitor``).
+``distill --method`` chooses how knowledge moves (a comma list, default ``prior``):
+
+- ``prior``: aligns the teacher posterior to a smaller student architecture (``bd.align``) and
+  trains the student with the aligned teacher posterior as its prior
+  (``priors.TeacherPosterior(q, plan=plan)``); only for students reachable by alignment (a
+  CNN teacher cannot be aligned to an MLP: exit 2 with a one-line reason);
+- ``kd``, ``vid``, ``pkt``, ``hint``: function-space terms (``bayesdistill.distill.KD``, ``VID``,
+  ``PKT``, ``Hint``) in the student's objective, for any teacher/student pair; the feature pairs
+  of vid/pkt/hint default to the teacher's last hidden activation -> the student's
+  (``--vid-pairs T:S,...`` overrides), and ``--transfer N`` adds N generated unlabelled MNIST-1D
+  inputs on which only these terms act. Without ``prior`` the student's prior is Normal(0, 1).
+
+As a reference the same student is trained with a plain ``Normal(0, 1)`` prior and no terms.
+``distill`` writes into ``--out``: ``metrics.json`` (both students' test metrics, the teacher's,
+the methods; with ``prior`` the aligned teacher's before training and the plan's per-layer data;
+with terms their settings, pairs and last values), ``posterior.pt`` (the distilled student;
+``evaluate`` works on it), ``history.csv`` / ``plain_history.csv``, ``elbo.png``,
+``cosine_distances.png`` (cosine distances of same-class and different-class test pairs in the
+last hidden representations of teacher, plain and distilled student), with ``prior``
+``plan.json``, ``plan.pt``, ``alignment.png``, ``pruning_curve.png``, with ``vid``
+``vid_bounds.png`` (and ``students.png`` with ``--monitor``).
 
 ``demo`` trains a teacher (``cnn-deep`` on MNIST-1D) into ``OUT/teacher``, distills it into
-``cnn-small`` on 10 % of the training set into ``OUT/student``, and writes ``OUT/report.md``.
+``cnn-small`` on 10 % of the training set into ``OUT/student``, distills the same teacher into
+Bayesian MLPs (plain vs KD vs VID+KD, ``FS_DEMO``) into ``OUT/function-space``, and writes
+``OUT/report.md``.
 Errors in the input (a missing or damaged posterior file,
 an unknown dataset or model, data that do not fit the network) print one line on stderr and
 exit with status 2; ``--debug`` shows the traceback instead.
@@ -49,7 +66,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["main", "build_parser", "TEACHER_DEFAULTS", "DISTILL_DEFAULTS", "QUICK_DEMO", "run_fit", "run_distill"]
+__all__ = ["main", "build_parser", "TEACHER_DEFAULTS", "DISTILL_DEFAULTS", "FUNCTION_SPACE_DEFAULTS", "METHODS",
+           "QUICK_DEMO", "FS_DEMO", "run_fit", "run_distill", "run_function_space_demo"]
 
 #: Default teacher hyperparameters, used by ``fit`` (for options not given) and ``demo``.
 TEACHER_DEFAULTS: dict[str, Any] = {
@@ -82,12 +100,44 @@ DISTILL_DEFAULTS: dict[str, Any] = {
     "lr_schedule": "cosine",
 }
 
+#: The distillation methods of ``distill --method``: ``prior`` is the Bayesian route (the aligned
+#: teacher posterior as the student's prior, ``bd.align``; only for students reachable by
+#: alignment), the others are function-space terms of the student's objective
+#: (``bayesdistill.distill.KD``, ``VID``, ``PKT``, ``Hint``) and work for any teacher/student pair.
+METHODS: tuple[str, ...] = ("prior", "kd", "vid", "pkt", "hint")
+
+#: Defaults of the function-space terms of ``distill`` (``--kd-temperature`` ...). ``vid_weight``
+#: is lambda per VID pair: VID's log-density is summed over all feature dimensions (hundreds of
+#: nats per example), so lambda must be small; a sweep over 1e-3 .. 1 (cnn-deep -> MLP on
+#: MNIST-1D, 100 epochs, docs/function-space.md) was best at 0.1 (accuracy and NLL). The PKT and
+#: Hint weights are unmeasured starting points (their losses are O(0.01-1) per example).
+FUNCTION_SPACE_DEFAULTS: dict[str, Any] = {
+    "kd_temperature": 4.0,
+    "kd_weight": 0.9,
+    "vid_weight": 0.1,
+    "pkt_weight": 1.0,
+    "hint_weight": 1.0,
+}
+
 #: Overrides of ``demo --quick``: a seconds-long smoke run on a small subset.
 QUICK_DEMO: dict[str, Any] = {"epochs": 3, "train_fraction": 0.1, "num_samples": 8}
 
 #: The demo's student: ``cnn-small`` (narrower and one layer shallower than the ``cnn-deep``
 #: teacher) on this fraction of the training set; ``QUICK_DEMO["epochs"]`` epochs with ``--quick``.
 DEMO_STUDENT: dict[str, Any] = {"teacher_model": "cnn-deep", "student": "cnn-small", "train_fraction": 0.1}
+
+#: The demo's function-space comparison: the demo's teacher (cnn-deep) into Bayesian MLPs (the
+#: default 40-256-256-10, prior Normal(0, 1)) on the whole training set, plain vs KD vs VID+KD
+#: (``variants``: name -> methods), ``epochs`` each (``QUICK_DEMO["epochs"]`` with ``--quick``, on
+#: ``QUICK_DEMO["train_fraction"]`` of the data), the other settings from DISTILL_DEFAULTS and
+#: FUNCTION_SPACE_DEFAULTS. Students reading the teacher's features need a mean-field net that
+#: runs the teacher on every step, so this stage is kept short.
+FS_DEMO: dict[str, Any] = {
+    "student": "mlp",
+    "epochs": 50,
+    "train_fraction": 1.0,
+    "variants": {"plain": [], "kd": ["kd"], "vid+kd": ["vid", "kd"]},
+}
 
 #: Fractions of hidden units removed in ``distill``'s pruning_curve.png, and the most probe
 #: inputs those curves' compensating re-fits use (kept cheap: a diagnostic plot).
@@ -195,6 +245,35 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _methods(text: str) -> tuple[str, ...]:
+    values = tuple(dict.fromkeys(v.strip().lower() for v in text.split(",") if v.strip()))
+    bad = [v for v in values if v not in METHODS]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(METHODS)}; got {text!r}"
+            + (f" (unknown: {', '.join(bad)})" if bad else "")
+        )
+    return values
+
+
+def _feature_pairs(text: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in (v.strip() for v in text.split(",")):
+        if not item:
+            continue
+        t, sep, s = item.partition(":")
+        if not sep or not t.strip() or not s.strip():
+            raise argparse.ArgumentTypeError(
+                f"expected TEACHER_MODULE:STUDENT_MODULE pairs separated by commas (e.g. 8:4), got {text!r}"
+            )
+        if t.strip() in pairs:
+            raise argparse.ArgumentTypeError(f"teacher module {t.strip()!r} appears twice in {text!r}")
+        pairs[t.strip()] = s.strip()
+    if not pairs:
+        raise argparse.ArgumentTypeError(f"expected TEACHER_MODULE:STUDENT_MODULE pairs, got {text!r}")
+    return pairs
+
+
 # --------------------------------------------------------------------------- parser
 #: Appended to a help text that states its default itself: "%(default).0s" expands to nothing
 #: but stops ArgumentDefaultsHelpFormatter from adding "(default: None)".
@@ -248,21 +327,47 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(handler=_cmd_evaluate)
 
     dd = DISTILL_DEFAULTS
+    fd = FUNCTION_SPACE_DEFAULTS
     dist = sub.add_parser(
         "distill",
-        help="distill a teacher posterior into a smaller Bayesian student (aligned-teacher prior)",
-        description="Align the teacher posterior (written by 'bayesdistill fit') to a smaller student "
-        "architecture, train the student with the aligned teacher posterior as its prior and, as a "
-        "reference, the same student with a plain Normal(0, 1) prior; write metrics.json, the "
-        "student's posterior.pt, plan.json/plan.pt and plots into --out and print a comparison.",
+        help="distill a teacher posterior into a Bayesian student (aligned-teacher prior, KD, VID, PKT, Hint)",
+        description="Distill a teacher posterior (written by 'bayesdistill fit') into a Bayesian student. "
+        "--method prior (the default) aligns the teacher posterior to a smaller student architecture "
+        "and trains the student with the aligned teacher posterior as its prior; kd, vid, pkt and hint "
+        "add function-space terms (outputs, features) to the student's objective and work for any "
+        "student, e.g. a CNN teacher and an MLP student. As a reference the same student is trained "
+        "with a plain Normal(0, 1) prior and no terms. Writes metrics.json, the student's posterior.pt, "
+        "histories and plots (plan.json/plan.pt with prior, vid_bounds.png with vid, "
+        "cosine_distances.png) into --out and prints a comparison.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     dist.add_argument("--teacher", type=Path, required=True, help="the teacher's posterior.pt (from fit)" + _NO_DEFAULT)
     dist.add_argument("--student", required=True,
-                      help="student architecture: cnn-small, cnn, cnn-deep or mlp (no wider, no deeper than the teacher)"
+                      help="student architecture: cnn-small, cnn, cnn-deep or mlp (for --method prior no wider, "
+                      "no deeper than the teacher and of the same kind; any for kd, vid, pkt, hint)"
                       + _NO_DEFAULT)
     dist.add_argument("--out", type=Path, required=True, help="output folder (created if needed)" + _NO_DEFAULT)
     dist.add_argument("--dataset", default=None, help="dataset (default: the teacher's)" + _NO_DEFAULT)
+    dist.add_argument("--method", type=_methods, default=None,
+                      help="comma-separated distillation methods: prior (aligned teacher posterior as the "
+                      "prior; needs a student reachable by alignment), kd (Hinton knowledge distillation), "
+                      "vid (variational information distillation), pkt (probabilistic knowledge transfer), "
+                      "hint (FitNets); e.g. prior,vid or kd,vid (default: prior)" + _NO_DEFAULT)
+    dist.add_argument("--transfer", type=_positive_int, default=None, metavar="N",
+                      help="also train the function-space terms on N unlabelled MNIST-1D inputs generated by "
+                      "bd.datasets.mnist1d_samples(N, seed=1000+SEED) (mnist1d only; default: none)" + _NO_DEFAULT)
+    dist.add_argument("--vid-pairs", "--pairs", dest="pairs", type=_feature_pairs, default=None, metavar="T:S,...",
+                      help="teacher:student module paths of the feature pairs of vid, pkt and hint (default: the "
+                      "teacher's last hidden activation, e.g. the ReLU before the Flatten, -> the student's)"
+                      + _NO_DEFAULT)
+    dist.add_argument("--vid-weight", type=_positive_float, default=fd["vid_weight"],
+                      help="vid: lambda per pair (the log-density sums over all feature dimensions: keep it small)")
+    dist.add_argument("--kd-temperature", type=_positive_float, default=fd["kd_temperature"],
+                      help="kd: softmax temperature T")
+    dist.add_argument("--kd-weight", type=_fraction, default=fd["kd_weight"],
+                      help="kd: weight a in (0, 1] of the KD term; the likelihood is scaled by 1 - a")
+    dist.add_argument("--pkt-weight", type=_positive_float, default=fd["pkt_weight"], help="pkt: weight per pair")
+    dist.add_argument("--hint-weight", type=_positive_float, default=fd["hint_weight"], help="hint: weight")
     dist.add_argument("--train-fraction", type=_fraction, default=RUN_DEFAULTS["train_fraction"],
                       help="train the students on this class-balanced fraction of the training set")
     dist.add_argument("--epochs", type=_nonnegative_int, default=dd["epochs"], help="passes over the training set")
@@ -302,10 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="train a teacher (CNN on MNIST-1D), distill it into a smaller student, write a report",
+        help="train a teacher (CNN on MNIST-1D), distill it into a smaller student and into MLPs, write a report",
         description="Train a Bayesian teacher (cnn-deep on MNIST-1D with TEACHER_DEFAULTS) into OUT/teacher, "
         "distill it into cnn-small on 10% of the training set (DISTILL_DEFAULTS) against a plain "
-        "student into OUT/student, and write OUT/report.md.",
+        "student into OUT/student, distill it into Bayesian MLPs on the whole training set (plain vs KD "
+        "vs VID+KD, FS_DEMO) into OUT/function-space, and write OUT/report.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     demo.add_argument("--out", type=Path, default=Path("bayesdistill-demo"), help="output folder")
@@ -642,6 +748,24 @@ def _probe_inputs(meta: dict[str, Any], name: str, size: Optional[int], seed: in
     return x
 
 
+def _check_same_kind(teacher_net: Any, student_net: Any, teacher_name: str, student_name: str) -> None:
+    """A one-line error for a student whose first layer is of another kind (an MLP for a CNN teacher):
+    alignment maps layers onto layers of the same kind, so no plan exists."""
+    import bayesdistill as bd
+    from .distill import parse_chain
+
+    try:
+        t0, s0 = parse_chain(teacher_net, None, "teacher").layers[0], parse_chain(student_net, None, "student").layers[0]
+    except (bd.UnsupportedLayerError, IndexError):
+        return  # align reports it
+    if t0.kind != s0.kind:
+        raise bd.ShapeMismatchError(
+            f"cannot align teacher {teacher_name} to student {student_name}: the student's first layer "
+            f"{s0.path!r} is {s0.describe()} but the teacher's {t0.path!r} is {t0.describe()}; alignment maps "
+            "layers onto layers of the same kind"
+        )
+
+
 def _check_not_wider(teacher_net: Any, student_net: Any, teacher_name: str, student_name: str) -> None:
     """A one-line error for a student layer wider than every teacher layer it could be aligned to.
 
@@ -698,7 +822,8 @@ def _compare_table(columns: dict[str, dict[str, Any]], title: str) -> str:
     return "\n".join(lines)
 
 
-def _students_figure(histories: dict[str, list[dict[str, float]]], reference: Optional[dict[str, float]] = None):
+def _students_figure(histories: dict[str, list[dict[str, float]]], reference: Optional[dict[str, float]] = None,
+                     title: str = "distilled (aligned-teacher prior) vs plain student"):
     """Test accuracy (or RMSE) and NLL per epoch of each student (the eval_* columns of --monitor);
     ``reference``: the teacher's test metrics, drawn as dashed horizontal lines."""
     from matplotlib.figure import Figure
@@ -724,15 +849,97 @@ def _students_figure(histories: dict[str, list[dict[str, float]]], reference: Op
         ax.set_title(f"test {t} per epoch")
         ax.grid(alpha=0.3)
         ax.legend(loc="best")
-    fig.suptitle("distilled (aligned-teacher prior) vs plain student")
+    fig.suptitle(title)
     return fig
+
+
+#: Activation modules that end a hidden layer (the default feature taps of vid, pkt and hint).
+_ACTIVATIONS = ("ReLU", "LeakyReLU", "ReLU6", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Tanh", "Sigmoid",
+                "Softplus", "Hardtanh", "Hardswish", "PReLU")
+
+
+def _last_hidden(net: Any, what: str = "network") -> str:
+    """Module path of the network's last hidden representation: the last activation module before
+    the read-out (the last Linear/convolution or module with parameters), e.g. the ReLU before the
+    Flatten and Linear of the built-in networks."""
+    from torch import nn
+
+    leaves = [(n, m) for n, m in net.named_modules() if n and not any(True for _ in m.children())]
+    # a BNN's network holds its weights as sample sites, not parameters: recognize layers by type
+    layer_types = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
+    readout = max((k for k, (_, m) in enumerate(leaves)
+                   if isinstance(m, layer_types) or any(True for _ in m.parameters(recurse=False))), default=None)
+    if readout is not None:
+        for n, m in reversed(leaves[:readout]):
+            if type(m).__name__ in _ACTIVATIONS:
+                return n
+    raise CLIError(f"the {what} has no activation module before its read-out to take features from; "
+                   "name the feature pairs with --vid-pairs TEACHER_MODULE:STUDENT_MODULE")
+
+
+def _default_pairs(teacher_net: Any, student_net: Any) -> dict[str, str]:
+    return {_last_hidden(teacher_net, "teacher"): _last_hidden(student_net, "student")}
+
+
+def _check_pairs(teacher_net: Any, student_net: Any, pairs: dict[str, str]) -> None:
+    """One-line errors for module paths that do not exist (before anything is trained)."""
+    from .distill import FeatureTaps
+
+    FeatureTaps(teacher_net, list(pairs), "teacher")
+    FeatureTaps(student_net, list(pairs.values()), "student")
+
+
+def _fs_terms(methods: Sequence[str], teacher: Any, pairs: Optional[dict[str, str]], cfg: dict[str, Any]) -> list[Any]:
+    """The function-space terms of ``methods`` (kd, vid, pkt, hint), in the order given."""
+    from .distill import KD, PKT, VID, Hint
+
+    fd = {**FUNCTION_SPACE_DEFAULTS, **{k: cfg[k] for k in FUNCTION_SPACE_DEFAULTS if cfg.get(k) is not None}}
+    terms: list[Any] = []
+    for m in methods:
+        if m == "kd":
+            terms.append(KD(teacher, temperature=float(fd["kd_temperature"]), weight=float(fd["kd_weight"])))
+        elif m == "vid":
+            terms.append(VID(teacher, pairs=pairs, weight=float(fd["vid_weight"])))
+        elif m == "pkt":
+            terms += [PKT(teacher, s, t, weight=float(fd["pkt_weight"])) for t, s in pairs.items()]
+        elif m == "hint":
+            terms.append(Hint(teacher, pairs=pairs, weight=float(fd["hint_weight"])))
+    return terms
+
+
+def _cosine_figure(models: list[tuple[str, Any, Optional[str]]], test: Any, seed: int, title: str):
+    from .diagnostics import plots
+
+    fig = plots.cosine_distances(models, test, seed=seed, title=title)
+    summary = {name: {"layer": r["layer"], "mean_similar": float(r["similar"].mean()),
+                      "mean_dissimilar": float(r["dissimilar"].mean()), "separation_auc": r["auc"],
+                      "num_similar": int(r["similar"].numel()), "num_dissimilar": int(r["dissimilar"].numel())}
+               for name, r in fig.distances.items()}
+    return fig, summary
+
+
+def _safe_last_hidden(net: Any) -> Optional[str]:
+    try:
+        return _last_hidden(net)
+    except CLIError:
+        return None  # the network output (logits) then
+
+
+def _term_summary(history: list[dict[str, float]]) -> dict[str, float]:
+    """The last epoch's distillation columns (term losses, VID log q and bounds)."""
+    from .diagnostics.plots import _TERM_COLUMN, _VID_PAIR_COLUMN
+
+    last = history[-1] if history else {}
+    return {k: v for k, v in last.items() if _TERM_COLUMN.match(k) or _VID_PAIR_COLUMN.match(k)}
 
 
 def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     """Distill the teacher posterior ``cfg["teacher"]`` into ``cfg["student"]`` and write the artefacts.
 
-    ``cfg`` holds the parsed options of ``bayesdistill distill``. Returns the content of
-    ``metrics.json``.
+    ``cfg`` holds the parsed options of ``bayesdistill distill``. ``cfg["method"]`` (default
+    ``("prior",)``) chooses the route: ``prior`` aligns the teacher posterior to the student and
+    makes it the student's prior; ``kd``, ``vid``, ``pkt``, ``hint`` add function-space terms.
+    Returns the content of ``metrics.json``.
     """
     import torch
 
@@ -743,6 +950,9 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     quiet = bool(cfg["quiet"])
+    methods = tuple(cfg.get("method") or ("prior",))
+    use_prior = "prior" in methods
+    fs_methods = [m for m in methods if m != "prior"]
     device = _resolve_device(cfg["device"])
     teacher, q_file = load_teacher(Path(cfg["teacher"]), device)
     meta = q_file.metadata
@@ -750,26 +960,53 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     name = cfg["dataset"] or meta.get("dataset")
     if not name:
         raise CLIError(f"{str(cfg['teacher'])!r} does not record its dataset; pass --dataset")
+    transfer_n = cfg.get("transfer")
+    if transfer_n:
+        canonical = name.lower().replace("_", "-")
+        if canonical != "mnist1d":
+            raise CLIError(f"--transfer generates unlabelled MNIST-1D inputs (bd.datasets.mnist1d_samples) and "
+                           f"only works with --dataset mnist1d, not {name!r}")
+        if not fs_methods:
+            raise CLIError("--transfer feeds unlabelled inputs to function-space terms; add one to --method "
+                           "(kd, vid, pkt or hint)")
+    if cfg.get("pairs") and not any(m in fs_methods for m in ("vid", "pkt", "hint")):
+        raise CLIError("--vid-pairs names the feature pairs of vid, pkt and hint; none of them is in --method")
     data = bd.datasets.load(name, train_fraction=cfg["train_fraction"], seed=cfg["seed"])
     _check_fits(meta, data, "the teacher")
+    if "kd" in fs_methods and data.task != "classification":
+        raise CLIError(f"--method kd matches class probabilities and needs a classification dataset; "
+                       f"{data.name!r} is {data.task}")
     student_kwargs = _student_kwargs(cfg["student"], cfg)
     torch.manual_seed(cfg["seed"])  # the student network's initialization (both students share it)
     student_net = bd.models.build(cfg["student"], data.input_shape, data.output_dim, **student_kwargs)
+    pairs: Optional[dict[str, str]] = None
+    if any(m in fs_methods for m in ("vid", "pkt", "hint")):
+        pairs = dict(cfg["pairs"]) if cfg.get("pairs") else _default_pairs(teacher.net, student_net)
+        _check_pairs(teacher.net, student_net, pairs)
 
     compensation = bool(cfg["compensation"])
-    needs_probe = compensation or cfg["criterion"] == "data"
-    probe = _probe_inputs(meta, data.name, cfg["probe_size"], cfg["seed"])
-    _check_not_wider(teacher.net, student_net, meta["model"], cfg["student"])
-    t_align = time.perf_counter()
-    try:
-        plan = bd.align(teacher, student_net, criterion=cfg["criterion"], data=probe if needs_probe else None,
-                        compensation=compensation, seed=cfg["seed"], max_probe=len(probe))
-    except (bd.ShapeMismatchError, bd.UnsupportedLayerError) as err:
-        raise type(err)(f"cannot align teacher {meta['model']} to student {cfg['student']}: {err}") from err
-    align_time = time.perf_counter() - t_align
+    needs_probe = use_prior and (compensation or cfg["criterion"] == "data")
+    plan, probe, align_time = None, None, 0.0
+    if use_prior:
+        probe = _probe_inputs(meta, data.name, cfg["probe_size"], cfg["seed"])
+        hint = ("; the function-space methods work for any student: --method kd, vid, pkt or hint "
+                "(e.g. --method kd,vid)")
+        asked = "--method prior: " if cfg.get("method") else ""
+        try:
+            _check_same_kind(teacher.net, student_net, meta["model"], cfg["student"])
+            _check_not_wider(teacher.net, student_net, meta["model"], cfg["student"])
+        except bd.ShapeMismatchError as err:
+            raise bd.ShapeMismatchError(f"{asked}{err}{hint}") from err
+        t_align = time.perf_counter()
+        try:
+            plan = bd.align(teacher, student_net, criterion=cfg["criterion"], data=probe if needs_probe else None,
+                            compensation=compensation, seed=cfg["seed"], max_probe=len(probe))
+        except (bd.ShapeMismatchError, bd.UnsupportedLayerError) as err:
+            raise type(err)(f"{asked}cannot align teacher {meta['model']} to student {cfg['student']}: {err}{hint}") from err
+        align_time = time.perf_counter() - t_align
 
     warnings: list[str] = []
-    if cfg["variance"] == "posterior":
+    if use_prior and cfg["variance"] == "posterior":
         # a degenerate aligned scale (e.g. a folded layer's unmatched unit) makes KL(q || p) explode
         scales = plan.apply(q_teacher).scales
         tiny = {k: int((v < 1e-8).sum()) for k, v in scales.items() if bool((v < 1e-8).any())}
@@ -781,28 +1018,44 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     for w in warnings:
         print(f"bayesdistill distill: warning: {w}", file=sys.stderr)
     likelihood_name = _likelihood(data.task)[1]
-    prior = bd.priors.TeacherPosterior(q_teacher, plan=plan, variance=cfg["variance"])
-    init = "prior-mean" if cfg["init"] == "prior-mean" else "module"
+    if use_prior:
+        prior = bd.priors.TeacherPosterior(q_teacher, plan=plan, variance=cfg["variance"])
+        init = "prior-mean" if cfg["init"] == "prior-mean" else "module"
+    else:
+        prior, init = bd.priors.Normal(scale=1.0), "module"
     distilled = bd.BNN(student_net, prior=prior, likelihood=_likelihood(data.task)[0],
                        dataset_size=len(data.train), init=init)
-    if init == "prior-mean":  # the aligned normalization statistics, if any, go with the means
+    if use_prior and init == "prior-mean":  # the aligned normalization statistics, if any, go with the means
         pruning._load_points(distilled, plan.apply(q_teacher))
     plain = bd.BNN(student_net, prior=bd.priors.Normal(scale=1.0), likelihood=_likelihood(data.task)[0],
                    dataset_size=len(data.train), init="module")
+    terms = _fs_terms(fs_methods, teacher, pairs, cfg)
+    x_transfer = bd.datasets.mnist1d_samples(int(transfer_n), seed=1000 + int(cfg["seed"])) if transfer_n else None
     out.mkdir(parents=True, exist_ok=True)  # only once teacher, dataset, student and plan are known
     _say(quiet, f"distill: teacher {meta['model']} ({teacher.num_weights} Bayesian weights) -> student "
          f"{cfg['student']} ({distilled.num_weights}) on {data.name} ({len(data.train)} train / "
-         f"{len(data.test)} test), probe {len(probe) if needs_probe else 0} teacher inputs, device {device}")
-    _say(quiet, plan.summary())
+         f"{len(data.test)} test), method {','.join(methods)}"
+         + (f", probe {len(probe) if needs_probe else 0} teacher inputs" if use_prior else "")
+         + (f", transfer {len(x_transfer)} unlabelled inputs" if x_transfer is not None else "")
+         + f", device {device}")
+    if plan is not None:
+        _say(quiet, plan.summary())
 
     lr_schedule = None if cfg["lr_schedule"] in (None, "none") else cfg["lr_schedule"]
     fit_kw = dict(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], device=device, seed=cfg["seed"],
                   kl_weight=cfg["kl_weight"], lr_schedule=lr_schedule, progress=not quiet,
                   eval_data=data.test if cfg["monitor"] else None)
-    _say(quiet, f"training the distilled student (prior: aligned teacher posterior, variance={cfg['variance']}, "
-         f"init={cfg['init']})")
-    res_distilled = bd.fit(distilled, data.train, **fit_kw)
-    _say(quiet, "training the plain student (prior: Normal(0, 1), random init)")
+    what = []
+    if use_prior:
+        what.append(f"prior: aligned teacher posterior, variance={cfg['variance']}, init={cfg['init']}")
+    else:
+        what.append("prior: Normal(0, 1), random init")
+    if terms:
+        what.append("terms: " + ", ".join(t.name for t in terms) + (f" on pairs {pairs}" if pairs else ""))
+    _say(quiet, f"training the distilled student ({'; '.join(what)})")
+    distill_kw: dict[str, Any] = dict(distill=terms, transfer=x_transfer) if terms else {}
+    res_distilled = bd.fit(distilled, data.train, **fit_kw, **distill_kw)
+    _say(quiet, "training the plain student (prior: Normal(0, 1), random init, no distillation terms)")
     res_plain = bd.fit(plain, data.train, **fit_kw)
 
     ev = dict(num_samples=cfg["num_samples"], seed=cfg["seed"])
@@ -815,26 +1068,28 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         "output_dim": int(data.output_dim),
         "task": data.task,
         "likelihood": likelihood_name,
-        "prior": "teacher-posterior",
+        "prior": "teacher-posterior" if use_prior else "normal",
         "seed": int(cfg["seed"]),
         "train_fraction": float(cfg["train_fraction"]),
         "epochs": len(res_distilled.history),
         "teacher": str(cfg["teacher"]),
         "teacher_model": meta["model"],
-        "distill": {k: cfg[k] for k in ("criterion", "variance", "init", "compensation", "kl_weight")},
+        "distill": {"method": list(methods),
+                    **{k: cfg[k] for k in ("criterion", "variance", "init", "compensation", "kl_weight")}},
         "bayesdistill_version": bd.__version__,
     }
+    if not use_prior:
+        q_student.metadata["prior_scale"] = 1.0
     q_student.save(out / "posterior.pt")
     distilled.load_posterior(q_student)  # evaluate exactly what `evaluate` rebuilds from the file
-    aligned = pruning.aligned_network(teacher, student_net, plan)
-    results = {
-        "teacher": bd.evaluate(teacher, data.test, **ev),
-        "aligned": bd.evaluate(aligned, data.test, **ev),
-        "distilled": bd.evaluate(distilled, data.test, **ev),
-        "plain": bd.evaluate(plain, data.test, **ev),
-    }
-    plan.save(out / "plan.pt")
-    plan.to_json(out / "plan.json")
+    results = {"teacher": bd.evaluate(teacher, data.test, **ev)}
+    if plan is not None:
+        results["aligned"] = bd.evaluate(pruning.aligned_network(teacher, student_net, plan), data.test, **ev)
+    results["distilled"] = bd.evaluate(distilled, data.test, **ev)
+    results["plain"] = bd.evaluate(plain, data.test, **ev)
+    if plan is not None:
+        plan.save(out / "plan.pt")
+        plan.to_json(out / "plan.json")
 
     def part(bnn, result):
         last = result.history[-1] if result.history else {}
@@ -845,23 +1100,37 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k != "quiet"}
     config["teacher"] = str(cfg["teacher"])
     config["device"] = str(device)
+    config["method"] = list(methods)
+    fs_info: Optional[dict[str, Any]] = None
+    if terms:
+        fd = {**FUNCTION_SPACE_DEFAULTS, **{k: cfg[k] for k in FUNCTION_SPACE_DEFAULTS if cfg.get(k) is not None}}
+        fs_info = {
+            "terms": [t.name for t in terms],
+            "pairs": pairs,
+            "settings": {k: fd[k] for k in FUNCTION_SPACE_DEFAULTS if k.split("_")[0] in fs_methods},
+            "transfer_size": len(x_transfer) if x_transfer is not None else 0,
+            "final": _term_summary(res_distilled.history),
+        }
     metrics: dict[str, Any] = {
         "dataset": data.name,
         "task": data.task,
+        "methods": list(methods),
         "teacher": {"posterior": str(cfg["teacher"]), "model": meta["model"], "num_weights": teacher.num_weights,
                     "test": results["teacher"]},
         "student": {"model": cfg["student"], "model_kwargs": student_kwargs},
         "distilled": {"test": results["distilled"], **part(distilled, res_distilled)},
         "plain": {"test": results["plain"], **part(plain, res_plain)},
-        "aligned": {"test": results["aligned"]},
-        "plan": _plan_data(plan),
+        "aligned": {"test": results["aligned"]} if plan is not None else None,
+        "plan": _plan_data(plan) if plan is not None else None,
+        "function_space": fs_info,
+        "cosine": None,  # filled in below
         "train_size": len(data.train),
         "test_size": len(data.test),
         "probe_size": len(probe) if needs_probe else 0,
         "align_time_s": align_time,
         "config": config,
         "warnings": warnings,
-        "pruning_curve": None,  # filled in below
+        "pruning_curve": None,  # filled in below (with prior)
         "wall_time_s": None,
         "bayesdistill_version": bd.__version__,
     }
@@ -872,18 +1141,32 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
             (out / fname).write_text("epoch\n")
     if res_distilled.history:
         plots.save(plots.elbo(res_distilled), out / "elbo.png")
+        if "vid" in fs_methods:
+            plots.save(plots.vid_bounds(res_distilled, labels=[f"teacher {t} -> student {s}" for t, s in pairs.items()]),
+                       out / "vid_bounds.png")
     if cfg["monitor"] and res_distilled.history:
         plots.save(_students_figure({"distilled": res_distilled.history, "plain": res_plain.history},
-                                    results["teacher"]), out / "students.png")
-    plots.save(plots.alignment(plan), out / "alignment.png")
-    # the teacher's width-pruning curve with the chosen criterion, with and without compensation
-    curve_probe = probe[:PRUNING_PLOT_MAX_PROBE]
-    curves = [pruning.pruning_curve(teacher, data.test, criterion=cfg["criterion"], fractions=PRUNING_PLOT_FRACTIONS,
-                                    compensation=c, probe=curve_probe, num_samples=cfg["num_samples"],
-                                    seed=cfg["seed"]) for c in (False, True)]
-    metrics["pruning_curve"] = curves
-    plots.save(plots.pruning_curve(curves, title=f"teacher {meta['model']} aligned to narrower copies of itself "
-                                   f"(no training; probe {len(curve_probe)} inputs)"), out / "pruning_curve.png")
+                                    results["teacher"], title=f"distilled (--method {','.join(methods)}) vs plain student"),
+                   out / "students.png")
+    if data.task == "classification":
+        s_layer = _safe_last_hidden(student_net)
+        fig, metrics["cosine"] = _cosine_figure(
+            [(f"teacher {meta['model']}", teacher, _safe_last_hidden(teacher.net)),
+             (f"plain {cfg['student']}", plain, s_layer),
+             (f"distilled {cfg['student']} ({','.join(methods)})", distilled, s_layer)],
+            data.test, cfg["seed"], f"{data.name} test pairs: cosine distances of the last hidden representations "
+            "(posterior-mean networks; vertical lines: means)")
+        plots.save(fig, out / "cosine_distances.png")
+    if plan is not None:
+        plots.save(plots.alignment(plan), out / "alignment.png")
+        # the teacher's width-pruning curve with the chosen criterion, with and without compensation
+        curve_probe = probe[:PRUNING_PLOT_MAX_PROBE]
+        curves = [pruning.pruning_curve(teacher, data.test, criterion=cfg["criterion"],
+                                        fractions=PRUNING_PLOT_FRACTIONS, compensation=c, probe=curve_probe,
+                                        num_samples=cfg["num_samples"], seed=cfg["seed"]) for c in (False, True)]
+        metrics["pruning_curve"] = curves
+        plots.save(plots.pruning_curve(curves, title=f"teacher {meta['model']} aligned to narrower copies of itself "
+                                       f"(no training; probe {len(curve_probe)} inputs)"), out / "pruning_curve.png")
     metrics["wall_time_s"] = time.perf_counter() - t_start
     _write_json(metrics, out / "metrics.json")
     return metrics
@@ -891,11 +1174,17 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def _print_comparison(metrics: dict[str, Any], out: Optional[Path]) -> None:
     s = metrics["distilled"]["test"].get("num_samples", "?")
-    cols = {key: dict(metrics[key]["test"]) for key in ("teacher", "aligned", "distilled", "plain")}
+    keys = [k for k in ("teacher", "aligned", "distilled", "plain") if metrics.get(k)]
+    cols = {key: dict(metrics[key]["test"]) for key in keys}
     for key in cols:
         cols[key]["weights"] = metrics["teacher" if key == "teacher" else "distilled"]["num_weights"]
+    cos = metrics.get("cosine") or {}
+    for key, name in zip(("teacher", "plain", "distilled"), cos):
+        cols[key]["separation AUC"] = cos[name]["separation_auc"]
+    methods = ",".join(metrics.get("methods") or ["prior"])
     title = (f"test metrics on {metrics['dataset']} (S = {s} draws): teacher {metrics['teacher']['model']}, "
-             f"student {metrics['student']['model']} aligned (before training), distilled, plain")
+             f"student {metrics['student']['model']} " + ("aligned (before training), " if "aligned" in keys else "")
+             + f"distilled (--method {methods}), plain")
     print(_compare_table(cols, title))
     if out is not None:
         print(f"wall time {metrics['wall_time_s']:.1f} s; artefacts in {out}")
@@ -904,7 +1193,8 @@ def _print_comparison(metrics: dict[str, Any], out: Optional[Path]) -> None:
 def _distill_cfg_from_args(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("teacher", "student", "dataset", "train_fraction", "epochs", "batch_size", "lr", "lr_schedule",
             "kl_weight", "criterion", "variance", "init", "compensation", "probe_size", "channels", "hidden",
-            "num_samples", "monitor", "seed", "device", "quiet")
+            "num_samples", "monitor", "seed", "device", "quiet", "method", "transfer", "pairs", "vid_weight",
+            "kd_temperature", "kd_weight", "pkt_weight", "hint_weight")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -912,6 +1202,105 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     metrics = run_distill(_distill_cfg_from_args(args), args.out)
     _print_comparison(metrics, args.out)
     return 0
+
+
+def run_function_space_demo(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The demo's function-space comparison: the teacher ``cfg["teacher"]`` (a posterior file)
+    into Bayesian students of another kind (``FS_DEMO["student"]``, an MLP), one per variant of
+    ``cfg["variants"]`` (name -> methods; ``[]`` = plain), all from the same initialization with a
+    Normal(0, 1) prior, the DISTILL_DEFAULTS training settings and FUNCTION_SPACE_DEFAULTS terms.
+
+    ``cfg``: teacher, epochs, train_fraction, variants, num_samples, seed, device, quiet. Writes
+    metrics.json, history_<variant>.csv, students.png, elbo.png and vid_bounds.png (of the last
+    variant with VID), cosine_distances.png into ``out``; returns the metrics.
+    """
+    import torch
+
+    import bayesdistill as bd
+
+    from .diagnostics import plots
+
+    t_start = time.perf_counter()
+    quiet = bool(cfg["quiet"])
+    device = _resolve_device(cfg["device"])
+    teacher, q_file = load_teacher(Path(cfg["teacher"]), device)
+    meta = q_file.metadata
+    data = bd.datasets.load(meta.get("dataset", "mnist1d"), train_fraction=cfg["train_fraction"], seed=cfg["seed"])
+    _check_fits(meta, data, "the teacher")
+    student_name = cfg.get("student", FS_DEMO["student"])
+    torch.manual_seed(cfg["seed"])
+    student_net = bd.models.build(student_name, data.input_shape, data.output_dim)
+    pairs = _default_pairs(teacher.net, student_net)
+    d = DISTILL_DEFAULTS
+    fit_kw = dict(epochs=cfg["epochs"], batch_size=d["batch_size"], lr=d["lr"], device=device, seed=cfg["seed"],
+                  kl_weight=d["kl_weight"], lr_schedule=d["lr_schedule"], progress=not quiet, eval_data=data.test)
+    out.mkdir(parents=True, exist_ok=True)
+    _say(quiet, f"function space: teacher {meta['model']} -> Bayesian {student_name} students on {len(data.train)} "
+         f"training examples, {cfg['epochs']} epochs each: {', '.join(cfg['variants'])}")
+    students: dict[str, Any] = {}
+    results: dict[str, Any] = {}
+    ev = dict(num_samples=cfg["num_samples"], seed=cfg["seed"])
+    for name, methods in cfg["variants"].items():
+        bnn = bd.BNN(student_net, prior=bd.priors.Normal(scale=1.0), likelihood=_likelihood(data.task)[0],
+                     dataset_size=len(data.train), init="module")
+        terms = _fs_terms(methods, teacher, pairs, {})
+        _say(quiet, f"training the {name} student" + (f" (terms {', '.join(t.name for t in terms)})" if terms else ""))
+        res = bd.fit(bnn, data.train, **fit_kw, **({"distill": terms} if terms else {}))
+        students[name] = (bnn, res, list(methods))
+        results[name] = {
+            "methods": list(methods),
+            "test": bd.evaluate(bnn, data.test, **ev),
+            "num_weights": bnn.num_weights,
+            "epochs_trained": len(res.history),
+            "train_time_s": float(sum(r.get("time_s", 0.0) for r in res.history)),
+            "final_terms": _term_summary(res.history),
+        }
+        if res.history:
+            res.to_csv(out / f"history_{name}.csv")
+        else:
+            (out / f"history_{name}.csv").write_text("epoch\n")
+    teacher_test = bd.evaluate(teacher, data.test, **ev)
+    histories = {name: r.history for name, (_, r, _) in students.items()}
+    if all(histories.values()):
+        plots.save(_students_figure(histories, teacher_test,
+                                    title=f"teacher {meta['model']} -> Bayesian {student_name} students (function space)"),
+                   out / "students.png")
+    vid_names = [n for n, (_, r, m) in students.items() if "vid" in m and r.history]
+    last_distilled = vid_names[-1] if vid_names else next((n for n, (_, r, m) in students.items() if m and r.history),
+                                                            None)
+    if last_distilled is not None:
+        plots.save(plots.elbo(students[last_distilled][1]), out / "elbo.png")
+    if vid_names:
+        plots.save(plots.vid_bounds(students[vid_names[-1]][1],
+                                    labels=[f"teacher {t} -> student {s}" for t, s in pairs.items()]),
+                   out / "vid_bounds.png")
+    s_layer = _safe_last_hidden(student_net)
+    fig, cosine = _cosine_figure(
+        [(f"teacher {meta['model']}", teacher, _safe_last_hidden(teacher.net))]
+        + [(name, bnn, s_layer) for name, (bnn, _, _) in students.items()],
+        data.test, cfg["seed"], f"{data.name} test pairs: cosine distances of the last hidden representations "
+        "(posterior-mean networks; vertical lines: means)")
+    plots.save(fig, out / "cosine_distances.png")
+    metrics = {
+        "dataset": data.name,
+        "teacher": {"posterior": str(cfg["teacher"]), "model": meta["model"], "num_weights": teacher.num_weights,
+                    "test": teacher_test},
+        "student": {"model": student_name, "prior": "Normal(0, 1)"},
+        "pairs": pairs,
+        "students": results,
+        "cosine": cosine,
+        "train_size": len(data.train),
+        "test_size": len(data.test),
+        "config": {"epochs": cfg["epochs"], "train_fraction": cfg["train_fraction"], "seed": cfg["seed"],
+                   "num_samples": cfg["num_samples"], "device": str(device),
+                   "variants": {k: list(v) for k, v in cfg["variants"].items()},
+                   **{k: d[k] for k in ("lr", "batch_size", "kl_weight", "lr_schedule")}, **FUNCTION_SPACE_DEFAULTS},
+        "wall_time_s": None,
+        "bayesdistill_version": bd.__version__,
+    }
+    metrics["wall_time_s"] = time.perf_counter() - t_start
+    _write_json(metrics, out / "metrics.json")
+    return metrics
 
 
 # --------------------------------------------------------------------------- demo
@@ -923,7 +1312,87 @@ def _md_table(columns: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _report(teacher: dict[str, Any], student: dict[str, Any], quick: bool) -> str:
+def _fs_columns(fs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Test metrics of the function-space stage: the teacher and each student, plus the separation
+    AUC of the cosine distances, the weights and the training time."""
+    names = list(fs["cosine"])  # the teacher first, then the students in order
+    cols = {names[0]: dict(fs["teacher"]["test"])}
+    cols[names[0]]["Bayesian weights"] = fs["teacher"]["num_weights"]
+    cols[names[0]]["separation AUC"] = fs["cosine"][names[0]]["separation_auc"]
+    for name, r in fs["students"].items():
+        cols[name] = dict(r["test"])
+        cols[name]["Bayesian weights"] = r["num_weights"]
+        cols[name]["separation AUC"] = fs["cosine"][name]["separation_auc"]
+        cols[name]["train time (s)"] = r["train_time_s"]
+    return cols
+
+
+def _print_fs_comparison(fs: dict[str, Any]) -> None:
+    s = fs["teacher"]["test"].get("num_samples", "?")
+    print(_compare_table(_fs_columns(fs), f"function space: teacher {fs['teacher']['model']} -> Bayesian "
+                         f"{fs['student']['model']} students on {fs['dataset']} (S = {s} draws)"))
+
+
+def _fs_report(fs: dict[str, Any]) -> str:
+    c = fs["config"]
+    pairs = ", ".join(f"teacher `{t}` -> student `{s_}`" for t, s_ in fs["pairs"].items())
+    st = fs["students"]
+    lines = []
+    if "plain" in st:
+        base = st["plain"]["test"]
+        for name, r in st.items():
+            if name == "plain" or "accuracy" not in r["test"]:
+                continue
+            t = r["test"]
+            lines.append(f"{name} vs plain: accuracy {100 * (t['accuracy'] - base['accuracy']):+.1f} points, "
+                         f"NLL {t['nll'] - base['nll']:+.3f} nats, ECE {t['ece'] - base['ece']:+.3f}")
+    delta = ("In this run (one seed): " + "; ".join(lines) + ".") if lines else ""
+    tf = f" --train-fraction {c['train_fraction']}" if c["train_fraction"] != 1.0 else ""
+    images = "\n\n".join(f"![{alt}](function-space/{f})" for alt, f in (
+        ("students", "students.png"), ("VID bounds", "vid_bounds.png"), ("cosine distances", "cosine_distances.png"))
+        if f != "vid_bounds.png" or any("vid" in r["methods"] for r in st.values()))
+    return f"""## Function space: a CNN teacher into Bayesian MLP students
+
+An MLP has no convolutions: the teacher's posterior cannot be aligned to it, so there is no
+teacher prior. Knowledge moves through what the networks compute instead. The same teacher
+(`{fs['teacher']['model']}`) is distilled into Bayesian `{fs['student']['model']}` students (40-256-256-10, prior
+N(0, 1), random initialization shared by all) on {fs['train_size']} training sequences, {c['epochs']} epochs each
+(lr={c['lr']}, batch_size={c['batch_size']}, kl_weight={c['kl_weight']}, lr_schedule={c['lr_schedule']}). The point
+is a student of another kind, not a smaller one: this MLP has more weights than the CNN. The students:
+
+- **plain**: the ELBO alone;
+- **kd**: Hinton knowledge distillation, `KD(teacher, temperature={c['kd_temperature']}, weight={c['kd_weight']})`: the
+  likelihood is scaled by 1 - a and T^2 KL(softmax(z_t/T) || softmax(z_s/T)) is added per example;
+- **vid+kd**: KD plus variational information distillation, `VID(teacher, pairs, weight={c['vid_weight']})` on
+  {pairs} (the teacher's last hidden ReLU -> the student's): an amortized Gaussian
+  q(t | s) whose log-density at the teacher's feature is an observed Pyro site of the student's model.
+
+Every term is part of the student's ELBO and is fitted by the same SVI (`bd.fit(..., distill=[...])`).
+Test metrics (posterior predictive, {fs['teacher']['test'].get('num_samples')} weight draws, {fs['test_size']} test
+sequences); "separation AUC": how well the cosine distances of the last hidden representations separate
+pairs of test examples of different classes from pairs of the same class (0.5: not at all, 1: perfectly).
+
+{_md_table(_fs_columns(fs))}
+
+{delta}
+
+{images}
+
+`vid_bounds.png` plots the lower bound H(t) + E[log q(t|s)] on the mutual information between the
+teacher's and the student's features (nats per example) over training. H(t) is the entropy of a
+diagonal Gaussian fitted to the teacher's features on (up to 1024) training inputs; ReLU units that
+are always zero contribute about -12.4 nats each, so the bound can sit far below 0 (vacuous as a
+number): its rise over training, as q(t | s) learns to predict the teacher's feature from the
+student's, is what it shows (docs/function-space.md, "Caveats").
+`cosine_distances.png` shows,
+as for sentence encoders, the distances of similar (same class) and dissimilar pairs for the teacher
+and each student. Files in `function-space/`: `metrics.json`, `history_<student>.csv`, `elbo.png`
+(vid+kd), the plots above. The command line does the same for one student:
+`bayesdistill distill --teacher teacher/posterior.pt --student mlp --method kd,vid --epochs {c['epochs']}{tf}`.
+"""
+
+
+def _report(teacher: dict[str, Any], student: dict[str, Any], quick: bool, fs: Optional[dict[str, Any]] = None) -> str:
     cfg, dcfg = teacher["config"], student["config"]
     hyper = ", ".join(f"{k}={cfg[k]}" for k in ("epochs", "lr", "batch_size", "prior_scale", "lr_schedule",
                                                 "kl_weight", "train_fraction", "seed"))
@@ -952,6 +1421,10 @@ def _report(teacher: dict[str, Any], student: dict[str, Any], quick: bool) -> st
     images = "\n\n".join(f"![{alt}]({path})" for alt, path in (
         ("students", "student/students.png"), ("alignment", "student/alignment.png"),
         ("pruning curve", "student/pruning_curve.png")))
+    fs_section = (_fs_report(fs) + "\n") if fs is not None else ""
+    fs_files = ("\n- `function-space/`: the MLP students of the function-space comparison: `metrics.json`, "
+                "`history_<student>.csv`, `students.png`, `elbo.png`, `vid_bounds.png`, `cosine_distances.png`"
+                if fs is not None else "")
     return f"""# bayesdistill demo: Bayesian distillation on MNIST-1D
 {note}
 ## The teacher
@@ -992,13 +1465,13 @@ The pruning curve narrows every hidden layer of the teacher (keeping its depth) 
 aligned posterior without training: it shows what the unit selection, and the least-squares
 compensation on probe data, keep of the teacher's function.
 
-## Files
+{fs_section}## Files
 
 - `teacher/`: `posterior.pt` (the teacher), `metrics.json`, `history.csv`, plots, `checkpoints/`
 - `student/`: `posterior.pt` (the distilled student), `metrics.json` (all four columns above, the plan's
   per-layer data and the pruning curves), `plan.json` / `plan.pt` (`bd.AlignmentPlan.load`),
   `history.csv` (distilled), `plain_history.csv`, `elbo.png`, `students.png`, `alignment.png`,
-  `pruning_curve.png`
+  `pruning_curve.png`, `cosine_distances.png`{fs_files}
 
 Reproduce the distilled student's evaluation:
 `bayesdistill evaluate --posterior student/posterior.pt --num-samples {student['distilled']['test'].get('num_samples')}`
@@ -1022,9 +1495,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.quick:
         dcfg["epochs"] = QUICK_DEMO["epochs"]
     student = run_distill(dcfg, args.out / "student")
+    fcfg: dict[str, Any] = dict(teacher=args.out / "teacher" / "posterior.pt", student=FS_DEMO["student"],
+                                epochs=FS_DEMO["epochs"], train_fraction=FS_DEMO["train_fraction"],
+                                variants=FS_DEMO["variants"], num_samples=cfg["num_samples"], seed=args.seed,
+                                device=args.device, quiet=args.quiet)
+    if args.quick:
+        fcfg.update(epochs=QUICK_DEMO["epochs"], train_fraction=QUICK_DEMO["train_fraction"])
+    fs = run_function_space_demo(fcfg, args.out / "function-space")
     report = args.out / "report.md"
-    report.write_text(_report(teacher, student, args.quick))
+    report.write_text(_report(teacher, student, args.quick, fs))
     _print_comparison(student, args.out)
+    _print_fs_comparison(fs)
     print(f"report: {report}")
     return 0
 

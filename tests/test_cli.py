@@ -158,8 +158,26 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for png in ("student/students.png", "student/alignment.png", "student/pruning_curve.png", "teacher/elbo.png"):
         assert f"({png})" in report
     assert "| accuracy |" in report and "| distilled | plain |" in report and "--quick" in report
+    assert (out / "student" / "cosine_distances.png").read_bytes()[:4] == b"\x89PNG"
+    # the function-space comparison: the same teacher into Bayesian MLPs, plain vs KD vs VID+KD
+    fs = json.loads((out / "function-space" / "metrics.json").read_text())
+    assert fs["teacher"]["model"] == "cnn-deep" and fs["student"]["model"] == cli.FS_DEMO["student"] == "mlp"
+    assert list(fs["students"]) == list(cli.FS_DEMO["variants"]) == ["plain", "kd", "vid+kd"]
+    assert fs["students"]["vid+kd"]["methods"] == ["vid", "kd"] and fs["pairs"] == {"8": "4"}
+    assert fs["train_size"] == 400 and fs["config"]["epochs"] == cli.QUICK_DEMO["epochs"]
+    for r in fs["students"].values():
+        assert r["epochs_trained"] == cli.QUICK_DEMO["epochs"] and 0.0 <= r["test"]["accuracy"] <= 1.0
+    assert "vid.0.mi_bound" in fs["students"]["vid+kd"]["final_terms"] and "kd" in fs["students"]["kd"]["final_terms"]
+    assert list(fs["cosine"]) == ["teacher cnn-deep", "plain", "kd", "vid+kd"]
+    for png in ("students.png", "elbo.png", "vid_bounds.png", "cosine_distances.png"):
+        assert (out / "function-space" / png).read_bytes()[:4] == b"\x89PNG", png
+    rows = _read_history(out / "function-space" / "history_vid+kd.csv")
+    assert {"kd", "vid", "vid.0.mi_bound", "eval_accuracy"} <= set(rows[0])
+    assert "## Function space" in report and "| metric | teacher cnn-deep | plain | kd | vid+kd |" in report
+    for png in ("function-space/vid_bounds.png", "function-space/cosine_distances.png", "function-space/students.png"):
+        assert f"({png})" in report
     printed = capsys.readouterr().out
-    assert "report:" in printed and "distilled" in printed
+    assert "report:" in printed and "distilled" in printed and "function space" in printed
 
 
 def test_teacher_defaults_drive_fit_parser() -> None:

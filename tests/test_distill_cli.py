@@ -18,7 +18,7 @@ from bayesdistill import cli
 from bayesdistill.cli import DISTILL_DEFAULTS, main
 
 ARTEFACTS = ("metrics.json", "posterior.pt", "plan.json", "plan.pt", "history.csv", "plain_history.csv",
-             "elbo.png", "alignment.png", "pruning_curve.png")
+             "elbo.png", "alignment.png", "pruning_curve.png", "cosine_distances.png")
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +60,13 @@ def test_distill_writes_all_artefacts(distilled: tuple[Path, str], teacher: Path
     out, printed = distilled
     for name in ARTEFACTS:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    for name in ("elbo.png", "alignment.png", "pruning_curve.png"):
+    for name in ("elbo.png", "alignment.png", "pruning_curve.png", "cosine_distances.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "vid_bounds.png").exists()  # no VID term
     m = json.loads((out / "metrics.json").read_text())
+    # without --method: the Bayesian route alone (the aligned teacher posterior as the prior)
+    assert m["methods"] == ["prior"] and m["config"]["method"] == ["prior"] and m["function_space"] is None
+    assert [c["layer"] for c in m["cosine"].values()] == ["8", "6", "6"]  # the last hidden ReLUs
     assert m["dataset"] == "mnist1d" and m["train_size"] == 400 and m["test_size"] == 1000
     assert m["teacher"]["model"] == "cnn-deep" and m["student"]["model"] == "cnn-small"
     for key in ("teacher", "aligned", "distilled", "plain"):
@@ -149,7 +153,7 @@ def test_other_bad_students_exit_2(teacher: Path, tmp_path: Path, capsys: pytest
     _one_line_error(capsys, "unknown model 'resnet'")
     assert main(["distill", "--teacher", str(teacher), "--student", "mlp", "--hidden", "8", "--epochs", "1",
                  "--out", str(out)]) == 2
-    _one_line_error(capsys, "cannot align teacher cnn-deep to student mlp")
+    _one_line_error(capsys, "cannot align teacher cnn-deep to student mlp", "--method kd")  # the function-space hint
     assert main(["distill", "--teacher", str(teacher), "--student", "cnn-small", "--hidden", "8",
                  "--out", str(out)]) == 2
     _one_line_error(capsys, "--hidden")

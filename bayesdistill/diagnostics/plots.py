@@ -11,12 +11,16 @@ Agg included. In a notebook the returned figure displays once, as the cell's val
 >>> fig = plots.snr_histogram(bnn.posterior()) # |loc| / scale per layer
 >>> fig = plots.alignment(plan)                # bd.align: unit scores while pruning, kept/removed
 >>> fig = plots.pruning_curve(teacher, data.test, criterion="snr")  # metrics vs fraction pruned
+>>> fig = plots.vid_bounds(result)             # VID lower bounds on I(t; s) per pair, per epoch
+>>> fig = plots.cosine_distances(teacher, student, data.test, layer_teacher="8", layer_student="4")
 >>> plots.save(fig, "elbo.png")
 
 Units: the ELBO, its expected negative log-likelihood (NLL) and KL(q || p) are in nats for the
 whole training set (as in :class:`~bayesdistill.FitResult`); confidences and accuracies are
 probabilities; the signal-to-noise ratio is dimensionless; alignment scores are in the
 criterion's units (snr: dimensionless; data: squared pre-activation units; random: none).
+Distillation-term losses and the VID bounds are in nats per example; cosine distances
+(1 - cos) are dimensionless, in [0, 2].
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,7 +43,8 @@ if TYPE_CHECKING:  # matplotlib is imported on first use: `import bayesdistill` 
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["elbo", "calibration", "snr_histogram", "alignment", "pruning_curve", "save"]
+__all__ = ["elbo", "calibration", "snr_histogram", "alignment", "pruning_curve", "vid_bounds", "cosine_distances",
+           "save"]
 
 History = Union[Sequence[Mapping[str, float]], str, os.PathLike]
 
@@ -85,6 +91,19 @@ def _column(rows: list[dict[str, float]], key: str) -> tuple[list[float], list[f
     return xs, ys
 
 
+#: History columns of distillation terms (``fit(distill=...)``): the term names of
+#: ``bayesdistill.distill`` (a repeated term gets a number: ``vid1``, ``kd1``; PKT is
+#: ``pkt.<student path>``). VID's per-pair ``vid.<i>.log_q`` / ``.mi_bound`` are not term losses.
+_TERM_COLUMN = re.compile(r"^(?:(?:kd|vid|hint|tinybert)\d*|pkt\..+)$")
+_VID_BOUND = re.compile(r"^(vid\d*)\.(\d+)\.mi_bound$")
+_VID_PAIR_COLUMN = re.compile(r"^vid\d*\.\d+\.(?:log_q|mi_bound)$")
+
+
+def _term_columns(rows: list[dict[str, float]]) -> list[str]:
+    keys = dict.fromkeys(k for r in rows for k in r)
+    return [k for k in keys if _TERM_COLUMN.match(k) and not _VID_PAIR_COLUMN.match(k) and _column(rows, k)[0]]
+
+
 # --------------------------------------------------------------------------- ELBO
 def elbo(result_or_history: Any, ax: Optional["Axes"] = None) -> "Figure":
     """Training curves: the ELBO and its two parts, the expected NLL and KL(q || p), per epoch.
@@ -97,8 +116,11 @@ def elbo(result_or_history: Any, ax: Optional["Axes"] = None) -> "Figure":
 
     Without ``ax`` the figure has two panels sharing the epoch axis: the ELBO (top), and the NLL
     and KL (bottom, log scale when both are positive), all in nats over the whole training set.
-    When the history holds held-out metrics (``eval_*`` columns from ``fit(eval_data=...)``), a
-    third panel plots them (their own units: accuracy, per-example nats, ...).
+    When the history holds distillation-term losses (``fit(distill=[...])``: the columns ``kd``,
+    ``vid``, ``pkt.<path>``, ``hint``, ``tinybert``, in nats per example), a further panel plots
+    them; when it holds held-out metrics (``eval_*`` columns from ``fit(eval_data=...)``), the
+    last panel plots those (their own units: accuracy, per-example nats, ...). The VID bounds per
+    pair have their own plot, :func:`vid_bounds`.
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -123,7 +145,8 @@ def elbo(result_or_history: Any, ax: Optional["Axes"] = None) -> "Figure":
         k for k in dict.fromkeys(k for r in rows for k in r)
         if k.startswith("eval_") and _column(rows, k)[0]
     ]
-    n_panels = 3 if eval_keys else 2
+    term_keys = _term_columns(rows)
+    n_panels = 2 + bool(term_keys) + bool(eval_keys)
     fig, axes = _new_figure(n_panels, 1, figsize=(6.4, 2.6 * n_panels + 0.4), sharex=True)
     axes = axes[:, 0]
 
@@ -146,8 +169,23 @@ def elbo(result_or_history: Any, ax: Optional["Axes"] = None) -> "Figure":
     mid.legend(loc="best")
     mid.grid(alpha=0.3, which="both")
 
+    if term_keys:
+        panel = axes[2]
+        values = []
+        for i, key in enumerate(term_keys):
+            xs, ys = _column(rows, key)
+            values += ys
+            panel.plot(xs, ys, color=f"C{(i + 3) % 10}", label=key)
+        # terms differ by orders of magnitude (VID: hundreds of nats, KD: about one): symlog then
+        big, small = max(abs(v) for v in values), min((abs(v) for v in values if v != 0), default=0.0)
+        if small > 0 and big / small > 50:
+            panel.set_yscale("symlog", linthresh=max(small, 1e-3))
+        panel.set_title("distillation terms: loss -log f per example (vid: -lambda log q)")
+        panel.set_ylabel("nats per example")
+        panel.legend(loc="best", fontsize="small", ncols=2)
+        panel.grid(alpha=0.3, which="both")
     if eval_keys:
-        bottom = axes[2]
+        bottom = axes[-1]
         for i, key in enumerate(eval_keys):
             bottom.plot(*_column(rows, key), color=f"C{(i + 3) % 10}", label=key[len("eval_"):])
         bottom.set_title("held-out metrics (eval_data)")
@@ -593,6 +631,281 @@ def pruning_curve(
         ax.legend(loc="best", fontsize="small")
     fig.suptitle(title or "teacher aligned to narrower copies of itself (no training)")
     fig.curves = curves
+    return fig
+
+
+# --------------------------------------------------------------------------- VID bounds
+def vid_bounds(
+    result_or_history: Any,
+    ax: Optional["Axes"] = None,
+    *,
+    labels: Union[None, Sequence[str], Mapping[str, str]] = None,
+) -> "Figure":
+    """The VID lower bounds on the mutual information I(t; s) per feature pair, per epoch.
+
+    For each VID pair (teacher feature t, student feature s), ``bd.fit(distill=[VID(...)])``
+    records ``vid.<i>.mi_bound`` = H(t) + E[log q(t | s)] (nats per example; H(t) is the entropy
+    of a diagonal Gaussian fitted to the teacher's features, so the bound rises as the amortized
+    q(t | s) learns to predict the teacher's feature from the student's). One line per pair (a
+    second VID term's pairs are ``vid1.<i>``).
+
+    Args:
+        result_or_history: a :class:`~bayesdistill.FitResult`, its ``history`` or the path of a
+            ``history.csv``.
+        ax: draw on this axes instead of a new figure.
+        labels: names of the pairs for the legend, in pair order (e.g. ``["t:8 -> s:4"]``) or a
+            mapping column prefix (``"vid.0"``) -> name.
+
+    Raises:
+        ValueError: the history holds no ``vid.<i>.mi_bound`` column (no VID term was trained).
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    rows = _history_rows(result_or_history)
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if _VID_BOUND.match(k) and _column(rows, k)[0]]
+    if not keys:
+        raise ValueError(
+            "vid_bounds(): the history has no VID columns ('vid.<i>.mi_bound'); they are recorded by "
+            "bd.fit(..., distill=[VID(teacher, pairs=...)])"
+        )
+    keys.sort(key=lambda k: (_VID_BOUND.match(k).group(1), int(_VID_BOUND.match(k).group(2))))
+    if ax is None:
+        fig, axes = _new_figure(1, 1, figsize=(6.4, 4.2))
+        ax = axes[0, 0]
+    else:
+        fig = ax.figure
+    for i, key in enumerate(keys):
+        prefix = key[: -len(".mi_bound")]
+        if isinstance(labels, Mapping):
+            name = labels.get(prefix, prefix)
+        elif labels is not None and i < len(labels):
+            name = f"{prefix}: {labels[i]}"
+        else:
+            name = prefix
+        xs, ys = _column(rows, key)
+        ax.plot(xs, ys, color=f"C{i % 10}", marker="o" if len(xs) < 12 else None, ms=3,
+                label=f"{name} (last {ys[-1]:.4g})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("H(t) + E[log q(t|s)]  (nats per example)")
+    ax.set_title("VID lower bound on I(t; s) per teacher -> student feature pair")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="best", fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+# --------------------------------------------------------------------------- cosine distances
+def _labelled_tensors(data: Any) -> tuple[Tensor, Tensor]:
+    """``(x, y)`` tensors of a labelled ``(x, y)`` tuple, ``TensorDataset``, ``Dataset`` or ``DataLoader``."""
+    from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
+        x, y = data
+    elif isinstance(data, TensorDataset):
+        if len(data.tensors) < 2:
+            raise ValueError("cosine_distances() needs labelled data; the TensorDataset holds inputs only")
+        x, y = data.tensors[:2]
+    elif isinstance(data, (Dataset, DataLoader)):
+        loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=1024, shuffle=False)
+        xs, ys = [], []
+        for batch in loader:
+            if torch.is_tensor(batch) or len(batch) < 2:
+                raise ValueError("cosine_distances() needs labelled data (batches of (inputs, labels))")
+            xs.append(batch[0])
+            ys.append(batch[1])
+        x, y = torch.cat(xs), torch.cat(ys)
+    else:
+        raise TypeError(
+            f"cosine_distances() expects labelled data: an (x, y) tuple of tensors or a Dataset, got {type(data).__name__}"
+        )
+    y = torch.as_tensor(y)
+    if y.dim() == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.dim() != 1 or y.is_floating_point() and not bool((y == y.round()).all()):
+        raise ValueError(
+            f"cosine_distances() needs integer class labels (similar = same class); got labels of shape "
+            f"{tuple(y.shape)} and dtype {y.dtype}"
+        )
+    if len(x) != len(y):
+        raise ValueError(f"cosine_distances(): {len(x)} inputs but {len(y)} labels")
+    return x, y.long()
+
+
+@torch.no_grad()
+def _representations(model: Any, x: Tensor, layer: Optional[str], batch_size: int = 1024) -> Tensor:
+    """``[N, D]`` outputs of module ``layer`` (or of the network) of a BNN's posterior-mean network
+    or an ``nn.Module``, in eval mode, flattened per example."""
+    from ..bnn.network import BNN
+    from ..distill.function_space import FeatureTaps
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"cosine_distances() expects bd.BNN or nn.Module models, got {type(model).__name__}")
+    net = model.net if isinstance(model, BNN) else model
+    try:
+        param = next(iter(model.parameters()))
+        device = param.device
+    except StopIteration:
+        device = x.device
+    was = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(x), batch_size):
+            xb = x[start: start + batch_size].to(device)
+            if layer is None:
+                f = model(xb)
+            else:
+                with FeatureTaps(net, [layer], "model") as taps:
+                    model(xb)
+                f = taps.features[layer]
+            out.append(f.detach().reshape(len(xb), -1).double().cpu())
+    finally:
+        model.train(was)
+    return torch.cat(out)
+
+
+def _pair_indices(n: int, max_pairs: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices (i < j) of all pairs of ``n`` examples, or of ``max_pairs`` distinct random ones."""
+    total = n * (n - 1) // 2
+    if total <= max_pairs:
+        iu = torch.triu_indices(n, n, 1)
+        return iu[0], iu[1]
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.empty(0, dtype=torch.long)  # pair (i < j) -> i * n + j
+    while codes.numel() < max_pairs:
+        k = 2 * (max_pairs - codes.numel()) + 16
+        i, j = torch.randint(n, (k,), generator=g), torch.randint(n, (k,), generator=g)
+        keep = i != j
+        codes = torch.unique(torch.cat([codes, torch.minimum(i, j)[keep] * n + torch.maximum(i, j)[keep]]))
+    picked = codes[torch.randperm(codes.numel(), generator=g)[:max_pairs]].sort().values
+    return picked // n, picked % n
+
+
+def _separation_auc(similar: Tensor, dissimilar: Tensor) -> float:
+    """P(a dissimilar pair is farther apart than a similar pair) (ties count 1/2): Mann-Whitney AUC."""
+    if similar.numel() == 0 or dissimilar.numel() == 0:
+        return float("nan")
+    both = torch.cat([similar, dissimilar])
+    order = both.argsort()
+    ranks = torch.empty_like(both)
+    ranks[order] = torch.arange(1, len(both) + 1, dtype=both.dtype)
+    # average ranks of ties
+    values, inverse, counts = torch.unique(both, return_inverse=True, return_counts=True)
+    if len(values) < len(both):
+        sums = torch.zeros(len(values), dtype=both.dtype).index_add_(0, inverse, ranks)
+        ranks = (sums / counts)[inverse]
+    n_s, n_d = similar.numel(), dissimilar.numel()
+    u = float(ranks[n_s:].sum()) - n_d * (n_d + 1) / 2
+    return u / (n_s * n_d)
+
+
+def cosine_distances(
+    teacher: Any,
+    student: Any = None,
+    data: Any = None,
+    *,
+    layer_teacher: Optional[str] = None,
+    layer_student: Optional[str] = None,
+    max_pairs: int = 20000,
+    seed: int = 0,
+    num_bins: int = 50,
+    title: Optional[str] = None,
+) -> "Figure":
+    """Distributions of cosine distances of similar and dissimilar pairs, one panel per model.
+
+    For pairs of examples of the same class ("similar") and of different classes
+    ("dissimilar"), the cosine distance ``1 - cos(f(x_i), f(x_j))`` between their representations
+    ``f``: the output of a named module (read with a forward hook,
+    :class:`~bayesdistill.distill.FeatureTaps`; flattened per example) or, by default, the network
+    output (the logits). A model whose representations separate the classes puts the similar
+    pairs near 0 and the dissimilar ones far away; distillation should move the student's picture
+    towards the teacher's. Each panel's title gives the mean distances and the separation AUC
+    (the probability that a dissimilar pair is farther apart than a similar one; 0.5 = no
+    separation).
+
+    Call it with two models, ``cosine_distances(teacher, student, data, layer_teacher=...,
+    layer_student=...)``, or with a list of ``(name, model)`` or ``(name, model, layer)``
+    tuples, ``cosine_distances([("teacher", t, "8"), ("plain", p, "4"), ...], data)``.
+
+    Args:
+        teacher, student: a :class:`~bayesdistill.BNN` (its posterior-mean network is used) or an
+            ``nn.Module`` (in eval mode).
+        data: labelled data: an ``(x, y)`` tuple of tensors or a ``Dataset`` of ``(x, y)`` with
+            integer class labels.
+        layer_teacher, layer_student: module paths (``dict(net.named_modules())`` keys) whose
+            outputs are the representations; ``None``: the network output.
+        max_pairs: use all pairs when there are at most this many, else this many distinct pairs
+            drawn at random (seeded; the same pairs for every model).
+        seed: seed of the pair draw.
+        num_bins: histogram bins (shared by all panels).
+        title: the figure's title (default: a description of the pairs).
+
+    The figure carries ``fig.distances``: per model name, ``{"similar": Tensor, "dissimilar":
+    Tensor, "auc": float, "layer": str | None}``, and ``fig.pairs`` = ``(i, j)`` index tensors.
+    """
+    if isinstance(teacher, Sequence) and not isinstance(teacher, (str, torch.nn.Module)):
+        if data is None:
+            data, student = student, None
+        elif student is not None:
+            raise TypeError("cosine_distances(models, data): with a list of models, do not pass a student")
+        if layer_teacher is not None or layer_student is not None:
+            raise TypeError("cosine_distances(models, data): give each model's layer in its tuple "
+                            "(name, model, layer), not layer_teacher/layer_student")
+        models = []
+        for entry in teacher:
+            if not isinstance(entry, (tuple, list)) or len(entry) not in (2, 3) or not isinstance(entry[0], str):
+                raise TypeError("cosine_distances(): models must be (name, model) or (name, model, layer) tuples")
+            models.append((entry[0], entry[1], entry[2] if len(entry) == 3 else None))
+    else:
+        if student is None:
+            raise TypeError("cosine_distances(teacher, student, data): the student is missing")
+        models = [("teacher", teacher, layer_teacher), ("student", student, layer_student)]
+    if not models:
+        raise ValueError("cosine_distances(): no models given")
+    if len({m[0] for m in models}) < len(models):
+        raise ValueError(f"cosine_distances(): model names must differ, got {[m[0] for m in models]}")
+    if data is None:
+        raise TypeError("cosine_distances(): data (labelled examples) is missing")
+    if not (isinstance(max_pairs, int) and max_pairs >= 1):
+        raise ValueError(f"cosine_distances(): max_pairs must be a positive int, got {max_pairs!r}")
+    x, y = _labelled_tensors(data)
+    if len(x) < 2:
+        raise ValueError(f"cosine_distances() needs at least 2 examples, got {len(x)}")
+    i, j = _pair_indices(len(x), max_pairs, seed)
+    same = y[i] == y[j]
+
+    distances: dict[str, dict[str, Any]] = {}
+    for name, model, layer in models:
+        f = torch.nn.functional.normalize(_representations(model, x, layer), dim=1)
+        d = (1.0 - (f[i] * f[j]).sum(1)).clamp(0.0, 2.0)
+        distances[name] = {"similar": d[same], "dissimilar": d[~same], "layer": layer,
+                           "auc": _separation_auc(d[same], d[~same])}
+
+    hi = max(float(torch.cat([v["similar"], v["dissimilar"]]).max()) for v in distances.values())
+    edges = torch.linspace(0.0, max(hi, 1e-6), num_bins + 1, dtype=torch.float64).numpy()
+    n = len(models)
+    fig, axes = _new_figure(1, n, figsize=(4.2 * n + 0.4, 3.8), sharex=True)
+    for ax, (name, _, layer) in zip(axes[0], models):
+        r = distances[name]
+        for key, color, what in (("similar", "tab:green", "similar (same class)"),
+                                 ("dissimilar", "tab:red", "dissimilar (different class)")):
+            v = r[key]
+            if v.numel():
+                ax.hist(v.numpy(), bins=edges, density=True, color=color, alpha=0.45,
+                        label=f"{what}, n={v.numel()}")
+                ax.axvline(float(v.mean()), color=color, lw=1.2)
+        where = f"module {layer!r}" if layer is not None else "network output"
+        ms = float(r["similar"].mean()) if r["similar"].numel() else float("nan")
+        md = float(r["dissimilar"].mean()) if r["dissimilar"].numel() else float("nan")
+        ax.set_title(f"{name} ({where})\nmean {ms:.3f} vs {md:.3f}, separation AUC {r['auc']:.3f}", fontsize=9)
+        ax.set_xlabel("cosine distance 1 - cos")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="x-small")
+    axes[0, 0].set_ylabel("density")
+    fig.suptitle(title or f"cosine distances of {len(i)} pairs of {len(x)} examples (vertical lines: means)",
+                 fontsize=10)
+    fig.distances = distances
+    fig.pairs = (i, j)
     return fig
 
 
