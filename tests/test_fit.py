@@ -101,7 +101,7 @@ def test_seed_makes_cpu_runs_bit_identical(as_dataset):
     a, b, c = _bnn(), _bnn(), _bnn()
     ra = _fit(a, data(), seed=3)
     rb = _fit(b, data(), seed=3)
-    rc = _fit(c, data(), seed=4)
+    _fit(c, data(), seed=4)
     assert torch.equal(a.loc, b.loc) and torch.equal(a.rho, b.rho)
     assert without_time(ra.history) == without_time(rb.history)
     assert not torch.equal(a.loc, c.loc)  # the seed matters, so the check above can fail

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import itertools
-import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Optional, Union

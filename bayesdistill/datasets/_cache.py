@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
+
+from .._io import atomic_write
 
 __all__ = ["CACHE_ENV_VAR", "cached_arrays", "default_cache_dir", "resolve_cache_dir"]
 
@@ -50,19 +51,7 @@ def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     Readers therefore see either the old file, no file, or the complete new
     one, never a partial write.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 def cached_arrays(

@@ -29,7 +29,6 @@ import csv
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import torch
 from torch import Tensor
 
+from .._io import atomic_write
 from .metrics import calibration_curve, expected_calibration_error
 
 if TYPE_CHECKING:  # matplotlib is imported on first use: `import bayesdistill` stays fast
@@ -916,18 +916,4 @@ def save(fig: "Figure", path: Union[str, os.PathLike], *, dpi: int = 120) -> Pat
     Creates the parent folder. A crash mid-write leaves the old file (or none), never a torn PNG.
     Returns the path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a plot is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))
