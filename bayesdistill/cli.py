@@ -78,8 +78,8 @@ TEACHER_DEFAULTS: dict[str, Any] = {
     "lr_schedule": "cosine",
     "channels": 32,
     # A tempered ("cold") posterior: the converged mean-field posterior of the full ELBO
-    # (kl_weight=1) is under-confident on MNIST-1D (ECE 0.066-0.078 over 3 seeds); with 0.5 the
-    # ECE is 0.035-0.039 at 93.5-94.4% accuracy. See docs/benchmarks.md.
+    # (kl_weight=1) is under-confident on MNIST-1D (benchmarks/quality.py, 3 seeds: ECE
+    # 0.066-0.075); with 0.5 the ECE is 0.033-0.040 at 93.0-95.3% accuracy. docs/benchmarks.md.
     "kl_weight": 0.5,
 }
 
@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--dataset", default=RUN_DEFAULTS["dataset"],
                      help="mnist1d, digits or synthetic-regression")
-    fit.add_argument("--model", default=RUN_DEFAULTS["model"], help="cnn (1-D CNN) or mlp")
+    fit.add_argument("--model", default=RUN_DEFAULTS["model"], help="cnn, cnn-deep, cnn-small (1-D CNNs) or mlp (see bayesdistill.models)")
     fit.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
     _add_training_options(fit, d)
     fit.set_defaults(handler=_cmd_fit)
