@@ -1,10 +1,13 @@
-"""Shared fixtures for the Bayesian-core tests (BNN, ELBO, fit, posterior, errors).
+"""Shared fixtures of the test suite.
 
 Every test runs single-threaded (fast and bit-reproducible on small CPU machines) with a
-fresh Pyro parameter store, and with Pyro's argument validation switched on, as users have it.
+fresh Pyro parameter store, Pyro's argument validation switched on (as users have it), and a
+temporary dataset cache.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pyro
 import pytest
@@ -20,3 +23,15 @@ def _fresh_pyro_state():
     pyro.enable_validation(True)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One temporary dataset cache for the whole run (MNIST-1D is generated once)."""
+    return tmp_path_factory.mktemp("bd-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Datasets are generated into the temporary cache, never the user's real one."""
+    monkeypatch.setenv("BAYESDISTILL_CACHE", str(cache_dir))

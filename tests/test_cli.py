@@ -27,17 +27,6 @@ CLASSIFICATION_KEYS = {"accuracy", "nll", "ece", "brier", "predictive_entropy", 
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("bd-cache")
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Datasets are generated into a temporary cache, shared by the tests of this module."""
-    monkeypatch.setenv("BAYESDISTILL_CACHE", str(cache_dir))
-
-
-@pytest.fixture(scope="module")
 def cnn_run(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One small CNN teacher on MNIST-1D (1 epoch on 10 % of the data), shared by several tests."""
     out = tmp_path_factory.mktemp("cnn-run")

@@ -22,16 +22,6 @@ ARTEFACTS = ("metrics.json", "posterior.pt", "plan.json", "plan.pt", "history.cs
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("bd-cache")
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BAYESDISTILL_CACHE", str(cache_dir))
-
-
-@pytest.fixture(scope="module")
 def teacher(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cnn-deep teacher: 1 epoch on 10 % of MNIST-1D."""
     out = tmp_path_factory.mktemp("teacher")

@@ -23,16 +23,6 @@ SMALL = ["--train-fraction", "0.1", "--epochs", "1", "--num-samples", "2", "--qu
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("bd-cache")
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BAYESDISTILL_CACHE", str(cache_dir))
-
-
-@pytest.fixture(scope="module")
 def teacher(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cnn teacher with 8 channels: 1 epoch on 10 % of MNIST-1D (modules: ReLU '6' before the Flatten)."""
     out = tmp_path_factory.mktemp("cnn-teacher")
