@@ -342,13 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--hint-weight", type=_positive_float, default=fd["hint_weight"], help="hint: weight")
     dist.add_argument("--train-fraction", type=_fraction, default=RUN_DEFAULTS["train_fraction"],
                       help="train the students on this class-balanced fraction of the training set")
-    dist.add_argument("--epochs", type=_nonnegative_int, default=dd["epochs"], help="passes over the training set")
-    dist.add_argument("--batch-size", type=_positive_int, default=dd["batch_size"], help="examples per SVI step")
-    dist.add_argument("--lr", type=_positive_float, default=dd["lr"], help="Adam learning rate")
-    dist.add_argument("--lr-schedule", choices=["cosine", "none"], default=dd["lr_schedule"] or "none",
-                      help="learning-rate schedule over the epochs")
-    dist.add_argument("--kl-weight", type=_nonnegative_float, default=dd["kl_weight"],
-                      help="multiplies KL(q||p) in the objective (< 1: a 'cold' posterior)")
+    _add_optimization_options(dist, dd)
     dist.add_argument("--criterion", choices=["snr", "data", "random"], default=dd["criterion"],
                       help="which units alignment removes: lowest signal-to-noise ratio, smallest "
                       "contribution on the probe data, or random (the paper's choice)")
@@ -400,16 +394,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_training_options(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+def _add_optimization_options(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+    """The SVI options shared by `fit` and `distill` (defaults from ``d``)."""
     p.add_argument("--epochs", type=_nonnegative_int, default=d["epochs"], help="passes over the training set")
     p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help="examples per SVI step")
     p.add_argument("--lr", type=_positive_float, default=d["lr"], help="Adam learning rate")
     p.add_argument("--lr-schedule", choices=["cosine", "none"], default=d["lr_schedule"] or "none",
                    help="learning-rate schedule over the epochs")
+    p.add_argument("--kl-weight", type=_nonnegative_float, default=d["kl_weight"],
+                   help="multiplies KL(q||p) in the objective (< 1: a 'cold' posterior)")
+
+
+def _add_training_options(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+    _add_optimization_options(p, d)
     p.add_argument("--prior-scale", type=_positive_float, default=d["prior_scale"],
                    help="standard deviation of the isotropic Normal(0, s^2) weight prior")
-    p.add_argument("--kl-weight", type=_nonnegative_float, default=TEACHER_DEFAULTS["kl_weight"],
-                   help="multiplies KL(q||p) in the objective (< 1: a 'cold' posterior)")
     p.add_argument("--local-reparam", action="store_true",
                    help="local reparameterization (sample pre-activations; lower-variance gradients)")
     p.add_argument("--channels", type=_positive_int, default=d["channels"], help="cnn: channels per conv layer")

@@ -79,3 +79,17 @@ def states_equal(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
 
 def clone_state(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def run_cli(cache_dir, args: list[str]) -> int:
+    """``bayesdistill.cli.main(args)`` with the dataset cache pointed at ``cache_dir``.
+
+    For module-scoped fixtures, which cannot use the function-scoped ``monkeypatch``.
+    """
+    import pytest
+
+    from bayesdistill.cli import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BAYESDISTILL_CACHE", str(cache_dir))
+        return main(args)

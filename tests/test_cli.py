@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import bayesdistill as bd
+from _helpers import run_cli
 from bayesdistill import cli
 from bayesdistill.cli import TEACHER_DEFAULTS, main
 
@@ -30,10 +31,8 @@ CLASSIFICATION_KEYS = {"accuracy", "nll", "ece", "brier", "predictive_entropy", 
 def cnn_run(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One small CNN teacher on MNIST-1D (1 epoch on 10 % of the data), shared by several tests."""
     out = tmp_path_factory.mktemp("cnn-run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BAYESDISTILL_CACHE", str(cache_dir))
-        code = main(["fit", "--dataset", "mnist1d", "--model", "cnn", "--epochs", "1", "--train-fraction", "0.1",
-                     "--num-samples", "8", "--channels", "8", "--out", str(out), "--device", "cpu"])
+    code = run_cli(cache_dir, ["fit", "--dataset", "mnist1d", "--model", "cnn", "--epochs", "1", "--train-fraction", "0.1",
+                   "--num-samples", "8", "--channels", "8", "--out", str(out), "--device", "cpu"])
     assert code == 0
     return out
 

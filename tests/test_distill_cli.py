@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import pytest
 
 import bayesdistill as bd
+from _helpers import run_cli
 from bayesdistill import cli
 from bayesdistill.cli import DISTILL_DEFAULTS, main
 
@@ -25,10 +26,8 @@ ARTEFACTS = ("metrics.json", "posterior.pt", "plan.json", "plan.pt", "history.cs
 def teacher(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cnn-deep teacher: 1 epoch on 10 % of MNIST-1D."""
     out = tmp_path_factory.mktemp("teacher")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BAYESDISTILL_CACHE", str(cache_dir))
-        code = main(["fit", "--dataset", "mnist1d", "--model", "cnn-deep", "--epochs", "1", "--train-fraction", "0.1",
-                     "--num-samples", "4", "--quiet", "--no-checkpoint", "--device", "cpu", "--out", str(out)])
+    code = run_cli(cache_dir, ["fit", "--dataset", "mnist1d", "--model", "cnn-deep", "--epochs", "1", "--train-fraction", "0.1",
+                   "--num-samples", "4", "--quiet", "--no-checkpoint", "--device", "cpu", "--out", str(out)])
     assert code == 0
     return out / "posterior.pt"
 

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import pytest
 
 import bayesdistill as bd
+from _helpers import run_cli
 from bayesdistill import cli
 from bayesdistill.cli import FUNCTION_SPACE_DEFAULTS, METHODS, main
 
@@ -26,11 +27,9 @@ SMALL = ["--train-fraction", "0.1", "--epochs", "1", "--num-samples", "2", "--qu
 def teacher(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cnn teacher with 8 channels: 1 epoch on 10 % of MNIST-1D (modules: ReLU '6' before the Flatten)."""
     out = tmp_path_factory.mktemp("cnn-teacher")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BAYESDISTILL_CACHE", str(cache_dir))
-        code = main(["fit", "--dataset", "mnist1d", "--model", "cnn", "--channels", "8", "--epochs", "1",
-                     "--train-fraction", "0.1", "--num-samples", "2", "--quiet", "--no-checkpoint", "--device", "cpu",
-                     "--out", str(out)])
+    code = run_cli(cache_dir, ["fit", "--dataset", "mnist1d", "--model", "cnn", "--channels", "8", "--epochs", "1",
+                   "--train-fraction", "0.1", "--num-samples", "2", "--quiet", "--no-checkpoint", "--device", "cpu",
+                   "--out", str(out)])
     assert code == 0
     return out / "posterior.pt"
 
@@ -39,10 +38,8 @@ def teacher(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def kd_vid(cache_dir: Path, teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """cnn -> mlp (not reachable by alignment) with --method kd,vid."""
     out = tmp_path_factory.mktemp("kd-vid")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BAYESDISTILL_CACHE", str(cache_dir))
-        code = main(["distill", "--teacher", str(teacher), "--student", "mlp", "--hidden", "16,16",
-                     "--method", "kd,vid", *SMALL, "--out", str(out)])
+    code = run_cli(cache_dir, ["distill", "--teacher", str(teacher), "--student", "mlp", "--hidden", "16,16",
+                   "--method", "kd,vid", *SMALL, "--out", str(out)])
     assert code == 0
     return out
 

@@ -409,10 +409,12 @@ def fit(
                         _explain_batch_error(bnn, x, y, epoch, steps, err)
                         raise
                     finite = torch.isfinite(loss)
-                    if check_each_step and not bool(finite):
-                        first_bad.fill_(steps)
-                        break
-                    first_bad = torch.where((first_bad < 0) & ~finite, steps, first_bad)
+                    if check_each_step:  # CPU: checking now costs nothing, and stops before the update
+                        if not bool(finite):
+                            first_bad.fill_(steps)
+                            break
+                    else:  # CUDA: record the first bad step on the device, read it once per epoch
+                        first_bad = torch.where((first_bad < 0) & ~finite, steps, first_bad)
                     loss.backward()
                     if clip_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
