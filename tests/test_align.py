@@ -830,11 +830,14 @@ def test_cnn_deep_to_cnn_small():
 # ----------------------------------------------------------------------------- 12. KL
 def _kl_check(plan, q, student_net, device="cpu", **prior_kw):
     s = bd.BNN(student_net, prior=TeacherPosterior(q, plan=plan, **prior_kw), init_scale=0.05).to(device)
+    with torch.no_grad():  # init="auto" starts at the prior mean: move away so the loc term counts
+        s.loc.add_(0.3 * torch.randn(s.loc.shape, generator=_seeded(5)).to(s.loc.device))
     aligned = plan.apply(q)
     expected = torch.zeros((), dtype=torch.float64)
     mine = {n: (l.cpu(), sc.cpu()) for n, (l, sc) in s.posterior().items()}
+    variance = prior_kw.get("variance", TeacherPosterior(q).variance)  # the library's default
     for n in s.site_names:
-        p_scale = aligned.scales[n].cpu() if prior_kw.get("variance", "posterior") == "posterior" else torch.ones(())
+        p_scale = aligned.scales[n].cpu() if variance == "posterior" else torch.ones(())
         kl = kl_divergence(TorchNormal(mine[n][0].double(), mine[n][1].double()),
                            TorchNormal(aligned.locs[n].cpu().double(), p_scale.double()))
         expected = expected + kl.sum()
@@ -864,15 +867,19 @@ def test_cuda_identity_plan_and_kl():
     _assert_posteriors_equal(a, qc)
 
 
-@needs_cuda
-def test_cuda_aligned_prior_kl():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda, id="cuda")])
+@pytest.mark.parametrize("variance", [None, "posterior", "unit"])
+def test_aligned_prior_kl_on_device(device, variance):
+    """The plan and the prior on the teacher's device, with data-scored pruning and the
+    library's default variance (None) as well as both explicit ones."""
     teacher, q = _teacher(_named_teacher())
-    teacher = teacher.to("cuda")
-    qc = teacher.posterior()
+    teacher = teacher.to(device)
+    qd = teacher.posterior()
     student = nn.Sequential(OrderedDict([("a", nn.Linear(3, 4)), ("r", nn.ReLU()), ("b", nn.Linear(4, 2))]))
-    plan = bd.align(teacher, student, data=torch.randn(64, 3, device="cuda"))
-    assert plan.apply(qc).device.type == "cuda"
-    _kl_check(plan, qc, student, device="cuda")
+    probe = torch.randn(64, 3, generator=_seeded(9)).to(device)
+    plan = bd.align(teacher, student, data=probe)
+    assert plan.apply(qd).device.type == device
+    _kl_check(plan, qd, student, device=device, **({} if variance is None else {"variance": variance}))
 
 
 def test_reloaded_teacher_posterior_is_still_the_plans_source(tmp_path):
