@@ -125,6 +125,63 @@ def test_kl_gradient_matches_torch_distributions():
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
 
 
+def test_cached_fixed_prior_path_matches_per_weight_form_value_and_gradient():
+    """A fixed prior takes the cached dot-product form of the fused KL; value and gradients
+    equal torch.distributions' closed form (float64) and the per-weight form."""
+    x, y = toy_classification(12)
+    prior = bd.priors.Normal(loc={"*.bias": 0.5, "*": -0.25}, scale={"*.weight": 0.7, "*": 2.0})
+    bnn = bd.BNN(tiny_mlp(), prior=prior, dataset_size=40)
+    randomize_posterior(bnn, seed=6, scale_range=(0.05, 1.2))
+    elbo = bd.MeanFieldELBO()
+    elbo.differentiable_loss(bnn.model, bnn.guide, x, y)
+    assert len(elbo._prior_constants.entries) == 1  # the BNN's flat prior buffers were cached
+    _, _, _, (inv_var, offset, zero_loc) = elbo._prior_constants.entries[0]
+    assert not zero_loc
+    torch.testing.assert_close(inv_var, 1 / bnn.prior_scale.square())
+    torch.testing.assert_close(offset.double(), bnn.prior_scale.double().log().sum() - 0.5 * bnn.num_weights)
+
+    loc64 = bnn.loc.detach().double().requires_grad_()
+    rho64 = bnn.rho.detach().double().requires_grad_()
+    ref = td.kl_divergence(td.Normal(loc64, torch.nn.functional.softplus(rho64)),
+                           td.Normal(bnn.prior_loc.double(), bnn.prior_scale.double())).sum()
+    g_ref = torch.autograd.grad(ref, [loc64, rho64])
+    for _ in range(2):  # the second call is a cache hit
+        kl = elbo_module._fused_normal_kl([(bnn.loc, bnn.scale(), bnn.prior_loc, bnn.prior_scale)],
+                                          elbo._prior_constants)
+        torch.testing.assert_close(kl.double(), ref.detach(), rtol=2e-6, atol=1e-4)
+        g = torch.autograd.grad(kl, [bnn.loc, bnn.rho])
+        for a, b in zip(g, g_ref):
+            torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
+    assert len(elbo._prior_constants.entries) == 1
+    plain = elbo_module._fused_normal_kl([(bnn.loc, bnn.scale(), bnn.prior_loc, bnn.prior_scale)])  # no cache
+    torch.testing.assert_close(kl, plain, rtol=1e-6, atol=1e-4)
+
+
+def test_cached_prior_constants_follow_in_place_changes_of_the_prior():
+    x, y = toy_classification(12)
+    bnn = bd.BNN(tiny_mlp(), dataset_size=40)  # N(0, 1): the zero-mean branch
+    randomize_posterior(bnn, seed=7)
+    elbo = bd.MeanFieldELBO()
+    elbo.differentiable_loss(bnn.model, bnn.guide, x, y)
+    assert elbo._prior_constants.entries[0][3][2] is True  # zero prior mean detected
+    with torch.no_grad():
+        bnn.prior_scale.mul_(3.0)
+        bnn.prior_loc.add_(0.2)
+    elbo.differentiable_loss(bnn.model, bnn.guide, x, y)
+    expected = reference_kl(bnn.posterior(), {n: (0.2, 3.0) for n in NAMES})
+    torch.testing.assert_close(elbo.last_parts["kl"].double(), expected, rtol=2e-6, atol=1e-4)
+    assert len(elbo._prior_constants.entries) == 1 and elbo._prior_constants.entries[0][3][2] is False
+
+
+def test_learned_prior_scales_bypass_the_constant_cache():
+    x, y = toy_classification(12)
+    bnn = bd.BNN(tiny_mlp(), prior=bd.priors.Normal(scale=0.8, learn_scale=True), dataset_size=40)
+    elbo = bd.MeanFieldELBO()
+    elbo.differentiable_loss(bnn.model, bnn.guide, x, y).backward()
+    assert elbo._prior_constants.entries == []
+    assert bnn.prior_log_scale.grad is not None and bnn.prior_log_scale.grad.abs().sum() > 0
+
+
 def test_fused_kl_equals_per_site_kl_under_mask(monkeypatch):
     """poutine.mask forces MeanFieldELBO's per-site KL path; it must agree with the fused one."""
     x, y = toy_classification(12)
@@ -133,7 +190,8 @@ def test_fused_kl_equals_per_site_kl_under_mask(monkeypatch):
 
     calls = []
     real = elbo_module._fused_normal_kl
-    monkeypatch.setattr(elbo_module, "_fused_normal_kl", lambda pairs: calls.append(len(pairs)) or real(pairs))
+    monkeypatch.setattr(elbo_module, "_fused_normal_kl",
+                        lambda pairs, *a: calls.append(len(pairs)) or real(pairs, *a))
 
     elbo = bd.MeanFieldELBO()
     pyro.set_rng_seed(0)
