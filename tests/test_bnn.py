@@ -9,6 +9,7 @@ import pyro
 import pytest
 import torch
 import torch.nn.functional as F
+import pyro.distributions as dist
 from pyro import poutine
 from torch import nn
 from torch.func import functional_call
@@ -284,3 +285,52 @@ def test_lrt_handler_is_scoped():
     with bd.local_reparameterization():
         trace = poutine.trace(bnn.guide).get_trace(x)
     assert torch.equal(trace.nodes["0.weight"]["value"], q.locs["0.weight"])
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 4), (2, 3, 5)])
+def test_site_distributions_equal_the_generic_constructors(shape):
+    """The model's and guide's site distributions (built without the generic constructors)
+    are the same distributions as Normal(loc, scale).to_event(k): shapes, log_prob, KL,
+    expand, sampling, and the presampled draw is returned by rsample()."""
+    from torch.distributions import kl_divergence
+
+    from bayesdistill.bnn.network import _site_normal
+
+    g = torch.Generator().manual_seed(0)
+    loc, scale = torch.randn(shape, generator=g), torch.rand(shape, generator=g) + 0.1
+    p_loc, p_scale = torch.randn(shape, generator=g), torch.rand(shape, generator=g) + 0.5
+    draw = loc + scale * torch.randn(shape, generator=g)
+    for k in range(len(shape) + 1):
+        fast = _site_normal(loc, scale, k, draw)
+        ref = dist.Normal(loc, scale).to_event(k)
+        assert (fast.batch_shape, fast.event_shape) == (ref.batch_shape, ref.event_shape)
+        assert isinstance(fast, type(ref)) and fast.has_rsample
+        v = torch.randn(shape, generator=g)
+        torch.testing.assert_close(fast.log_prob(v), ref.log_prob(v))
+        torch.testing.assert_close(kl_divergence(fast, dist.Normal(p_loc, p_scale).to_event(k)),
+                                   kl_divergence(ref, dist.Normal(p_loc, p_scale).to_event(k)))
+        assert torch.equal(fast.rsample(), draw)  # the draw made beforehand
+        assert fast.rsample((2,)).shape == (2, *shape)  # with a sample shape: fresh noise
+        wide = fast.expand((4, *fast.batch_shape))
+        assert wide.batch_shape == (4, *ref.batch_shape)
+        assert not torch.equal(wide.rsample()[0], draw)
+        no_draw = _site_normal(loc, scale, k)
+        torch.manual_seed(1)
+        a = no_draw.rsample()
+        torch.manual_seed(1)
+        torch.testing.assert_close(a, ref.rsample())
+
+
+def test_site_distributions_use_the_constructors_under_pyro_coercions(monkeypatch):
+    import bayesdistill.bnn.network as network
+
+    seen = []
+
+    def coerce(cls, args, kwargs):
+        seen.append(cls.__name__)
+        return None
+
+    monkeypatch.setattr(network, "_COERCIONS", [coerce])
+    monkeypatch.setattr(dist.distribution, "COERCIONS", [coerce])
+    d = network._site_normal(torch.zeros(3), torch.ones(3), 1)
+    assert "Independent" in seen and d.event_shape == (3,)
