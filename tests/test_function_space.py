@@ -640,3 +640,28 @@ def test_transfer_batches_do_not_count_the_kl_again():
                     progress=False, distill=[KD(teacher)], transfer=xt)
     row = result.history[-1]
     torch.testing.assert_close(row["loss"] - row["nll"], 0.5 * row["kl"], rtol=1e-4, atol=1e-3)
+
+
+def test_plain_pyro_svi_trains_the_terms_parameters():
+    """With pyro.infer.SVI (no bd.fit) the model registers the terms' parameters in the param
+    store, so SVI's optimizer updates the VID regressor and variances and the Hint projection."""
+    pyro.clear_param_store()
+    x, y = toy_classification(16)
+    student = bd.BNN(tiny_mlp(seed=2), dataset_size=16)
+    teacher = bnn_teacher()
+    obj = DistillObjective(student, [VID(teacher, {"1": "1"}), Hint(teacher, {"2": "1"})])
+    obj.setup(x)
+    before = {k: v.detach().clone() for k, v in obj.terms.named_parameters()}
+    teacher_before = (teacher.loc.detach().clone(), teacher.rho.detach().clone())
+    svi = pyro.infer.SVI(obj.model, obj.guide, pyro.optim.Adam({"lr": 0.01}), loss=MeanFieldELBO())
+    for _ in range(3):
+        svi.step(x, y)
+    store = pyro.get_param_store()
+    prefix = f"{student.pyro_name}.distill$$$"
+    registered = {k[len(prefix):] for k in store.keys() if k.startswith(prefix)}
+    assert registered == set(before)
+    for k, p in obj.terms.named_parameters():
+        assert store[prefix + k] is p  # the store holds the module's own tensors
+        assert not torch.equal(p.detach(), before[k]), k  # and SVI moved them
+    assert torch.equal(teacher.loc, teacher_before[0]) and torch.equal(teacher.rho, teacher_before[1])
+    pyro.clear_param_store()

@@ -389,6 +389,10 @@ class DistillObjective:
     distillation terms act. The terms sit in ``pyro.plate("distill", size, subsample=...)`` so
     that, like the likelihood, their batch sum is scaled to the data set (``size`` examples: the
     labelled set, or the transfer set for transfer batches).
+
+    The pair works with plain :class:`pyro.infer.SVI` too: call :meth:`setup` on one batch
+    first (it builds the terms' shape-dependent modules); the model then registers the terms'
+    parameters with ``pyro.module`` under ``"<student pyro_name>.distill"``.
     """
 
     def __init__(self, bnn: BNN, terms: Sequence[DistillTerm]):
@@ -450,6 +454,11 @@ class DistillObjective:
     def model(self, x: Tensor, y: Optional[Tensor] = None, size: Optional[int] = None) -> Tensor:
         from contextlib import ExitStack
 
+        if self.bnn._register_params and len(list(self.terms.parameters())):
+            # plain pyro.infer.SVI / Predictive: the terms' parameters (VID regressors and
+            # variances, Hint projections) go into the param store next to the student's, so
+            # that SVI's optimizer trains them; bd.fit optimizes them directly instead
+            pyro.module(f"{self.bnn.pyro_name}.distill", self.terms)
         with ExitStack() as stack:
             taps = stack.enter_context(FeatureTaps(self.bnn.net, self.student_paths, "student"))
             if y is None:
