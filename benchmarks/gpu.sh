@@ -2,6 +2,7 @@
 # The GPU checks in one script: the CUDA tests, the three GPU benchmarks, then the whole suite.
 #
 #   OUT=/some/dir bash benchmarks/gpu.sh        # logs and JSON go to $OUT (default benchmarks/results/gpu)
+#   GPU_STEPS="tests svi suite" bash benchmarks/gpu.sh   # a subset (tests svi predictive quality suite)
 #
 # Needs a CUDA build of torch and the package's dependencies. Where they cannot be installed
 # from an index, put wheels in .whl/ (pyro-ppl, pyro-api, mnist1d, platformdirs): they are
@@ -21,8 +22,10 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-step() {  # step SECONDS NAME COMMAND...
+GPU_STEPS=${GPU_STEPS:-tests svi predictive quality suite}
+step() {  # step SECONDS NAME COMMAND...  (runs when the name's first word is in GPU_STEPS)
     local limit=$1 name=$2; shift 2
+    case " $GPU_STEPS " in *" ${name%% *} "*) ;; *) return 0 ;; esac
     echo "=== $name ($(date +%T), limit ${limit}s): $*" | tee -a "$LOG"
     local t0=$SECONDS
     timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
@@ -34,7 +37,7 @@ step() {  # step SECONDS NAME COMMAND...
     python3 -c "import torch, pyro, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'pyro', pyro.__version__, 'gpu', torch.cuda.get_device_name(0))"
 } 2>&1 | tee -a "$LOG"
 
-step 150 "cuda tests" python3 -m pytest -q -p no:cacheprovider -k cuda -rs \
+step 150 "tests (CUDA)" python3 -m pytest -q -p no:cacheprovider -k cuda -rs \
     tests/test_cuda.py tests/test_align.py tests/test_function_space.py
 step 120 "svi overhead" python3 benchmarks/svi_overhead.py --device cuda --rounds 15 --steps 50 \
     --json "$OUT/svi_overhead_cuda.json"
@@ -45,6 +48,6 @@ step 150 "quality (ELBO)" python3 benchmarks/quality.py --device cuda --seeds 0 
 step 90 "quality (kl-weight 0.5)" python3 benchmarks/quality.py --device cuda --tasks cnn --seeds 0 1 2 \
     --kl-weight 0.5 --json "$OUT/quality_cuda_kl05.json"
 # the whole suite last, with whatever time is left; the notebook test needs a Jupyter kernel
-step 150 "full suite" python3 -m pytest -q -p no:cacheprovider -x -rs tests \
+step 200 "suite (all tests)" python3 -m pytest -q -p no:cacheprovider -rs tests \
     --deselect tests/test_examples.py::test_notebook_runs
 echo "done $(date +%T)" | tee -a "$LOG"
