@@ -247,7 +247,10 @@ def test_unavailable_cuda_is_a_clean_error(tmp_path: Path, capsys: pytest.Captur
 
 # ----------------------------------------------------------------------------- entry points
 def test_python_m_version() -> None:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    # the repository first, then whatever the environment already had (dependencies may come
+    # from PYTHONPATH rather than site-packages)
+    paths = [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
     proc = subprocess.run([sys.executable, "-m", "bayesdistill", "--version"], capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr

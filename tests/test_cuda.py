@@ -156,3 +156,28 @@ def test_non_finite_loss_on_device(device, monkeypatch):
     assert expected in str(info.value)
     assert all(torch.isfinite(p).all() for p in bnn.parameters())
     assert all(torch.equal(v, start[k]) for k, v in bnn.state_dict().items())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_plots_of_a_network_on_device(device):
+    """The diagnostics accept networks and posteriors that live on the device (the regression
+    coverage plot once compared CUDA errors with CPU levels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from _helpers import toy_regression
+
+    x, y = toy_regression(32)
+    reg = bd.BNN(tiny_mlp(out_dim=2), likelihood=bd.likelihoods.Normal(scale=0.3), dataset_size=32).to(device)
+    figs = [bd.plots.calibration(reg, (x, y), num_samples=3, seed=0), bd.plots.snr_histogram(reg)]
+    assert 0.0 <= figs[0].coverage_error <= 1.0
+    xc, yc = toy_classification(32)
+    clf = bd.BNN(tiny_mlp(), dataset_size=32).to(device)
+    figs.append(bd.plots.calibration(clf, (xc, yc), num_samples=3, seed=0))
+    assert 0.0 <= figs[-1].ece <= 1.0
+    figs.append(bd.plots.snr_histogram(clf.posterior()))
+    figs.append(bd.plots.cosine_distances([("student", clf, "1")], (xc, yc), max_pairs=50))
+    for f in figs:
+        plt.close(f)

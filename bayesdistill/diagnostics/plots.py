@@ -322,7 +322,7 @@ def _coverage(bnn, data, *, num_samples: int, seed: Optional[int], title: Option
     sigma = bnn.likelihood.scale.detach().double()
     mu = means.mean(0)
     std = (sigma**2 + means.var(0, unbiased=False)).sqrt()
-    z = ((targets - mu) / std).abs().reshape(-1)
+    z = ((targets - mu) / std).abs().reshape(-1).cpu()  # the levels below live on the CPU
     levels = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
     half_width = math.sqrt(2.0) * torch.erfinv(levels)  # |z| <= half_width with probability p
     observed = (z.unsqueeze(0) <= half_width.unsqueeze(1)).double().mean(1)
@@ -331,7 +331,7 @@ def _coverage(bnn, data, *, num_samples: int, seed: Optional[int], title: Option
     fig, axes = _new_figure(1, 1, figsize=(5.2, 4.8))
     ax = axes[0, 0]
     ax.plot([0, 1], [0, 1], ls="--", color="0.5", label="perfect calibration")
-    ax.plot(levels.numpy(), observed.cpu().numpy(), marker="o", color="C0", label="observed")
+    ax.plot(levels.numpy(), observed.numpy(), marker="o", color="C0", label="observed")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("nominal coverage of the central predictive interval")
