@@ -256,6 +256,33 @@ def test_resume_with_schedules_after_an_interruption(tmp_path):
     assert without_time(r_resumed.history) == without_time(r_straight.history)
 
 
+def test_checkpoint_is_written_after_the_callbacks(tmp_path):
+    """What a callback adds to the record, and the RNG it consumes, are in the epoch's
+    checkpoint: a run stopped and resumed equals an uninterrupted one, columns included. A
+    callback that raises still leaves the epoch's checkpoint behind."""
+    def noisy(record, bnn):  # records a column and draws from the global RNGs
+        record["draw"] = float(torch.rand(()))
+        return None
+
+    straight = _bnn()
+    r_straight = _fit(straight, epochs=4, callbacks=[noisy])
+    _fit(_bnn(), epochs=4, checkpoint_dir=tmp_path, callbacks=[noisy, lambda r, b: r["epoch"] == 2])
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert [r["draw"] for r in ckpt["history"]] == [r["draw"] for r in r_straight.history[:2]]
+    resumed = _bnn()
+    r_resumed = _fit(resumed, epochs=4, checkpoint_dir=tmp_path, resume=True, callbacks=[noisy])
+    assert without_time(r_resumed.history) == without_time(r_straight.history)
+    assert states_equal(resumed.state_dict(), straight.state_dict())
+
+    def broken(record, bnn):
+        if record["epoch"] == 2:
+            raise RuntimeError("callback bug")
+
+    with pytest.raises(RuntimeError, match="callback bug"):
+        _fit(_bnn(), epochs=4, checkpoint_dir=tmp_path / "broken", callbacks=[broken])
+    assert torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=False)["epoch"] == 2
+
+
 def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
     a, b = _bnn(), _bnn()
     _fit(a, epochs=2)

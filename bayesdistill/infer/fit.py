@@ -458,23 +458,30 @@ def fit(
                     bnn.train()
                 history.append(record)
                 bar.set_postfix(elbo=f"{record['elbo']:.4g}", nll=f"{nll:.4g}", kl=f"{kl:.4g}")
-                if ckpt_path is not None:
-                    atomic_save(
-                        {
-                            "version": CHECKPOINT_VERSION,
-                            "epoch": epoch,
-                            "bnn": bnn.state_dict(),
-                            "distill": objective.terms.state_dict() if objective is not None else None,
-                            "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                            "rng": _rng_state(device),
-                            "history": history,
-                            "config": config,
-                            "site_shapes": {k: tuple(v) for k, v in bnn.shapes.items()},
-                        },
-                        ckpt_path,
-                    )
-                if any(cb(record, bnn) is True for cb in callbacks):
+                # callbacks run before the checkpoint is written, so that what they add to the
+                # record (or change in the terms) is checkpointed; a failing callback still
+                # leaves this epoch's checkpoint behind
+                stop = False
+                try:
+                    stop = any(cb(record, bnn) is True for cb in callbacks)
+                finally:
+                    if ckpt_path is not None:
+                        atomic_save(
+                            {
+                                "version": CHECKPOINT_VERSION,
+                                "epoch": epoch,
+                                "bnn": bnn.state_dict(),
+                                "distill": objective.terms.state_dict() if objective is not None else None,
+                                "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                                "rng": _rng_state(device),
+                                "history": history,
+                                "config": config,
+                                "site_shapes": {k: tuple(v) for k, v in bnn.shapes.items()},
+                            },
+                            ckpt_path,
+                        )
+                if stop:
                     stopped = True
                     break
     finally:
