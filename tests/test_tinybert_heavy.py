@@ -131,3 +131,37 @@ def test_heavy_student_runs_both_stages_with_decaying_intermediate_weights():
     assert weights == pytest.approx([2.0, 1.0, 0.5])  # x decay after every epoch
     with pytest.raises(ValueError, match="decay"):
         heavy_student(teacher, aux, student, (x, y), teacher_pair=("1", "1"), pairs={"2": "4"}, decay=0.0)
+
+
+def test_heavy_student_resume_continues_the_decay_and_matches_an_uninterrupted_run(tmp_path):
+    """Stage checkpoints go to D/auxiliary and D/student; an interrupted stage 2 resumed with
+    resume=True ends bit-identical to an uninterrupted run (weights decayed from the epochs done)."""
+    x, y = toy_classification(40)
+    teacher = bd.BNN(tiny_mlp(hidden=12, seed=0), dataset_size=40)
+    bd.fit(teacher, (x, y), epochs=2, batch_size=20, progress=False, seed=0)
+
+    def nets():
+        torch.manual_seed(11)  # the same initial student every time
+        aux = bd.BNN(tiny_mlp(hidden=12, seed=1), dataset_size=40)
+        student = bd.BNN(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 3)),
+                         dataset_size=40)
+        return aux, student
+
+    kw = dict(teacher_pair=("1", "1"), pairs={"0": "0", "2": "4"}, intermediate_weight=4.0, decay=0.5,
+              batch_size=20, progress=False, seed=3)
+    aux, student = nets()
+    full = heavy_student(teacher, aux, student, (x, y), epochs=(2, 4), **kw)
+
+    aux2, student2 = nets()
+    first = heavy_student(teacher, aux2, student2, (x, y), epochs=(2, 2), checkpoint_dir=tmp_path, **kw)
+    assert (tmp_path / "auxiliary" / "checkpoint.pt").exists() and (tmp_path / "student" / "checkpoint.pt").exists()
+    assert [r["intermediate_weight"] for r in first.student.history] == pytest.approx([2.0, 1.0])
+    aux3, student3 = nets()  # fresh objects, as after a crash: everything comes from the checkpoints
+    rest = heavy_student(teacher, aux3, student3, (x, y), epochs=(2, 4), checkpoint_dir=tmp_path, resume=True, **kw)
+
+    assert [r["intermediate_weight"] for r in rest.student.history] == pytest.approx([2.0, 1.0, 0.5, 0.25])
+    assert len(rest.auxiliary.history) == 2  # the finished stage 1 was restored, not retrained
+    assert torch.equal(aux3.loc, aux.loc) and torch.equal(aux3.rho, aux.rho)
+    assert torch.equal(student3.loc, student.loc) and torch.equal(student3.rho, student.rho)
+    strip = lambda h: [{k: v for k, v in r.items() if "time" not in k} for r in h]  # noqa: E731
+    assert strip(rest.student.history) == strip(full.student.history)

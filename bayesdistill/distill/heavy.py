@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional, Union
 
+import torch
 from torch import nn
 
 from ..bnn.network import BNN
-from ..infer.fit import FitResult, fit
+from ..infer.fit import CHECKPOINT_NAME, FitResult, fit
 from .function_space import PKT
 
 __all__ = ["heavy_student", "HeavyStudentResult"]
@@ -66,8 +68,11 @@ def heavy_student(
         **fit_kwargs: passed to both :func:`bayesdistill.fit` calls (lr, batch_size, seed, ...).
 
     Stage 2's history has an ``intermediate_weight`` column (the weight after that epoch's
-    decay). Resuming stage 2 from a checkpoint restarts the decay at ``intermediate_weight``
-    (the decayed weights are not checkpointed); run it without ``resume`` or account for it.
+    decay). With ``checkpoint_dir=D`` the stages checkpoint into ``D/auxiliary`` and
+    ``D/student``; ``resume=True`` continues whichever stage was interrupted (a finished stage
+    1 is restored, not retrained) and stage 2's intermediate weights continue from
+    ``intermediate_weight * decay ** (epochs done)``, so an interrupted run ends where an
+    uninterrupted one does (bit-identical on CPU).
     """
     if not 0 < decay <= 1:
         raise ValueError(f"decay must be in (0, 1], got {decay}")
@@ -75,10 +80,16 @@ def heavy_student(
         raise ValueError("pairs must name at least the final auxiliary -> student pair")
     e1, e2 = (epochs, epochs) if isinstance(epochs, int) else epochs
     tp, ap = teacher_pair
-    stage1 = fit(auxiliary, data, epochs=e1, distill=[PKT(teacher, ap, tp, weight=weight)], transfer=transfer, **fit_kwargs)
+    root = fit_kwargs.pop("checkpoint_dir", None)
+    dirs = (None, None) if root is None else (Path(root) / "auxiliary", Path(root) / "student")
+    stage1 = fit(auxiliary, data, epochs=e1, distill=[PKT(teacher, ap, tp, weight=weight)], transfer=transfer,
+                 checkpoint_dir=dirs[0], **fit_kwargs)
 
+    # epochs of stage 2 already done (resume): the decay continues from there
+    done = _checkpoint_epoch(dirs[1]) if fit_kwargs.get("resume") and dirs[1] is not None else 0
     items = list(pairs.items())
-    terms = [PKT(auxiliary, sp, a, weight=intermediate_weight) for a, sp in items[:-1]]
+    start = intermediate_weight * decay**done
+    terms = [PKT(auxiliary, sp, a, weight=start) for a, sp in items[:-1]]
     terms.append(PKT(auxiliary, items[-1][1], items[-1][0], weight=weight))
     intermediate = terms[:-1]
 
@@ -89,5 +100,14 @@ def heavy_student(
         return None
 
     callbacks = list(fit_kwargs.pop("callbacks", ())) + [critical_period]
-    stage2 = fit(student, data, epochs=e2, distill=terms, transfer=transfer, callbacks=callbacks, **fit_kwargs)
+    stage2 = fit(student, data, epochs=e2, distill=terms, transfer=transfer, callbacks=callbacks,
+                 checkpoint_dir=dirs[1], **fit_kwargs)
     return HeavyStudentResult(stage1, stage2)
+
+
+def _checkpoint_epoch(folder: Path) -> int:
+    """The last finished epoch recorded in ``folder``'s fit checkpoint (0 without one)."""
+    path = folder / CHECKPOINT_NAME
+    if not path.exists():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
