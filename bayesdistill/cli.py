@@ -409,8 +409,9 @@ def _add_training_options(p: argparse.ArgumentParser, d: dict[str, Any]) -> None
     _add_optimization_options(p, d)
     p.add_argument("--prior-scale", type=_positive_float, default=d["prior_scale"],
                    help="standard deviation of the isotropic Normal(0, s^2) weight prior")
-    p.add_argument("--local-reparam", action="store_true",
-                   help="local reparameterization (sample pre-activations; lower-variance gradients)")
+    p.add_argument("--local-reparam", nargs="?", const="all", default=False, choices=["all", "linear"],
+                   help="local reparameterization (sample pre-activations; lower-variance gradients): "
+                   "all Linear/Conv layers (no value or 'all') or Linear layers only ('linear')")
     p.add_argument("--channels", type=_positive_int, default=d["channels"], help="cnn: channels per conv layer")
     p.add_argument("--hidden", type=_int_list, default=RUN_DEFAULTS["hidden"],
                    help="mlp: hidden layer widths, comma-separated (e.g. 256,256)")

@@ -334,3 +334,37 @@ def test_site_distributions_use_the_constructors_under_pyro_coercions(monkeypatc
     monkeypatch.setattr(dist.distribution, "COERCIONS", [coerce])
     d = network._site_normal(torch.zeros(3), torch.ones(3), 1)
     assert "Independent" in seen and d.event_shape == (3,)
+
+
+def test_lrt_linear_only_leaves_convolutions_to_weight_sampling():
+    """layers="linear": Linear sites record moments (value = loc), Conv sites draw weights; the
+    forward samples the Linear pre-activations only and the KL is unchanged."""
+    bnn = bd.BNN(tiny_conv1d(length=12, channels=4))
+    x = torch.randn(5, 1, 12)
+    q = bnn.posterior()
+    with bd.local_reparameterization("linear") as h:
+        trace = poutine.trace(bnn.guide).get_trace(x)
+        assert set(h.moments) == {"3.weight", "3.bias"}
+        model_trace = poutine.trace(poutine.replay(bnn.model, trace=trace)).get_trace(x)
+    assert torch.equal(trace.nodes["3.weight"]["value"], q.locs["3.weight"])
+    assert not torch.equal(trace.nodes["0.weight"]["value"], q.locs["0.weight"])
+    assert all("forward" not in vars(m) for m in bnn.net.modules())
+    assert model_trace.nodes["_RETURN"]["value"].shape == (5, 3)
+    with bd.local_reparameterization() as h_all:
+        poutine.trace(bnn.guide).get_trace(x)
+    assert set(h_all.moments) == {"0.weight", "0.bias", "3.weight", "3.bias"}
+    with pytest.raises(ValueError, match="linear"):
+        bd.local_reparameterization("conv")
+
+
+def test_fit_local_reparam_linear_equals_all_on_a_linear_network():
+    """On a network of Linear layers "linear" and True are the same estimator, draw for draw."""
+    x, y = toy_classification(32)
+    a, b = bd.BNN(tiny_mlp(), dataset_size=32), bd.BNN(tiny_mlp(), dataset_size=32)
+    bd.fit(a, (x, y), epochs=2, batch_size=16, seed=1, progress=False, local_reparam=True)
+    bd.fit(b, (x, y), epochs=2, batch_size=16, seed=1, progress=False, local_reparam="linear")
+    assert torch.equal(a.loc, b.loc) and torch.equal(a.rho, b.rho)
+    c = bd.BNN(tiny_conv1d(), dataset_size=32)
+    bd.fit(c, (torch.randn(32, 1, 12), y), epochs=1, batch_size=16, seed=1, progress=False, local_reparam="linear")
+    with pytest.raises(ValueError, match="local_reparam"):
+        bd.fit(c, (torch.randn(32, 1, 12), y), epochs=1, progress=False, local_reparam="conv")

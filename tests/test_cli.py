@@ -178,6 +178,16 @@ def test_teacher_defaults_drive_fit_parser() -> None:
     assert args.dataset == "mnist1d" and args.model == "cnn"
 
 
+def test_local_reparam_option_values() -> None:
+    parse = cli.build_parser().parse_args
+    assert parse(["fit", "--out", "x"]).local_reparam is False
+    assert parse(["fit", "--local-reparam", "--out", "x"]).local_reparam == "all"
+    assert parse(["fit", "--out", "x", "--local-reparam"]).local_reparam == "all"
+    assert parse(["fit", "--local-reparam", "linear", "--out", "x"]).local_reparam == "linear"
+    with pytest.raises(SystemExit):
+        parse(["fit", "--local-reparam", "conv", "--out", "x"])
+
+
 # ----------------------------------------------------------------------------- errors
 def _assert_clean_error(capsys: pytest.CaptureFixture[str], *needles: str) -> str:
     err = capsys.readouterr().err

@@ -41,19 +41,37 @@ import torch.nn.functional as F
 from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 
-__all__ = ["LocalReparameterization", "local_reparameterization", "current", "lrt_forward", "LRT_LAYERS"]
+__all__ = ["LocalReparameterization", "local_reparameterization", "current", "lrt_forward", "LRT_LAYERS",
+           "LAYER_CHOICES"]
 
 LRT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _ACTIVE: list["LocalReparameterization"] = []
 INFER_KEY = "bd_local_reparam"
 
 
-class LocalReparameterization(Messenger):
-    """Effect handler that turns weight sampling into pre-activation sampling (see module doc)."""
+LAYER_CHOICES = {"all": LRT_LAYERS, "linear": (nn.Linear,)}
 
-    def __init__(self) -> None:
+
+class LocalReparameterization(Messenger):
+    """Effect handler that turns weight sampling into pre-activation sampling (see module doc).
+
+    Args:
+        layers: which layers sample their pre-activations: ``"all"`` (Linear and Conv1d/2d/3d)
+            or ``"linear"`` (Linear only: the layers where the estimator is exactly the weight-
+            space one for 2-D inputs; convolutions then sample their weights as usual).
+    """
+
+    def __init__(self, layers: str = "all") -> None:
         super().__init__()
+        if layers not in LAYER_CHOICES:
+            raise ValueError(f"local reparameterization layers must be one of {sorted(LAYER_CHOICES)}, got {layers!r}")
+        self.layers = layers
+        self._types = LAYER_CHOICES[layers]
         self.moments: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def accepts(self, module: nn.Module) -> bool:
+        """Whether ``module``'s pre-activations are sampled under this handler."""
+        return isinstance(module, self._types)
 
     def __enter__(self):
         _ACTIVE.append(self)
@@ -74,9 +92,10 @@ class LocalReparameterization(Messenger):
         msg["done"] = True
 
 
-def local_reparameterization() -> LocalReparameterization:
-    """A new :class:`LocalReparameterization` handler, to use as a context manager."""
-    return LocalReparameterization()
+def local_reparameterization(layers: str = "all") -> LocalReparameterization:
+    """A new :class:`LocalReparameterization` handler, to use as a context manager
+    (``layers``: ``"all"`` or ``"linear"``, see the class)."""
+    return LocalReparameterization(layers)
 
 
 def current() -> Optional[LocalReparameterization]:

@@ -380,7 +380,8 @@ class BNN(nn.Module):
     def _guide(self, x: Optional[Tensor] = None, y: Optional[Tensor] = None) -> None:
         if self._register_params:
             pyro.module(self.pyro_name, self)
-        lrt = _lrt.current() is not None
+        handler = _lrt.current()
+        lrt = handler is not None
         scale = F.softplus(self.rho)
         # one noise draw for all weights; each site still emits its own Normal(loc, scale).
         # Under local reparameterization most sites are not sampled at all: draw per site then.
@@ -388,7 +389,7 @@ class BNN(nn.Module):
         with self._kl_scale():
             for s, loc, sc, w in zip(self._sites, self._split(self.loc), self._split(scale), draws):
                 pyro.sample(s.name, _site_normal(loc, sc, len(s.shape), w),
-                            infer={_lrt.INFER_KEY: True} if (lrt and s.lrt) else {})
+                            infer={_lrt.INFER_KEY: True} if (lrt and s.lrt and handler.accepts(s.module)) else {})
 
     def _subsample(self, batch: int, device: torch.device) -> Tensor:
         key = (batch, device)

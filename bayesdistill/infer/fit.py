@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
 
-from ..bnn.local_reparam import LocalReparameterization
+from ..bnn.local_reparam import LAYER_CHOICES, LocalReparameterization
 from ..bnn.network import BNN
 from ..bnn.posterior import atomic_save
 from ..errors import DataError, NonFiniteLossError
@@ -227,7 +227,7 @@ def fit(
     device: Union[str, torch.device, None] = None,
     seed: Optional[int] = 0,
     num_particles: int = 1,
-    local_reparam: bool = False,
+    local_reparam: Union[bool, str] = False,
     kl_weight: Union[float, Callable[[int], float]] = 1.0,
     clip_grad_norm: Optional[float] = None,
     lr_schedule: Union[None, str, Callable[[torch.optim.Optimizer], Any]] = None,
@@ -255,8 +255,10 @@ def fit(
         seed: seeds Pyro/torch/numpy/random and the batch order; CPU runs are bit-reproducible.
             ``None`` leaves the global RNGs alone.
         num_particles: Monte Carlo particles per ELBO estimate.
-        local_reparam: sample pre-activations of Linear/Conv layers (local reparameterization,
-            Kingma et al. 2015) instead of weights; the KL stays exact.
+        local_reparam: sample pre-activations instead of weights (local reparameterization,
+            Kingma et al. 2015); the KL stays exact. ``True`` or ``"all"``: Linear and Conv
+            layers; ``"linear"``: Linear layers only (for convolutions the method samples
+            positions independently, a different estimator; see ``bd.local_reparameterization``).
         kl_weight: multiplies the KL (through the guide and prior sites' scale): a float, or a
             callable ``epoch -> weight`` (1-based epochs) for annealing, e.g.
             ``lambda e: min(1.0, e / 10)``. Values < 1 give a "cold" posterior.
@@ -295,6 +297,14 @@ def fit(
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir= (where the checkpoint is)")
+    if local_reparam is True:
+        lrt_layers: Optional[str] = "all"
+    elif local_reparam is False or local_reparam is None:
+        lrt_layers = None
+    elif isinstance(local_reparam, str) and local_reparam in LAYER_CHOICES:
+        lrt_layers = local_reparam
+    else:
+        raise ValueError(f"local_reparam must be True, False, 'all' or 'linear', got {local_reparam!r}")
     device = _resolve_device(bnn, device)
     bnn.to(device)
     if seed is not None:
@@ -386,7 +396,7 @@ def fit(
                 for steps, (x, y, *_) in enumerate(batches.epoch(epoch), start=1):
                     optimizer.zero_grad(set_to_none=True)
                     try:
-                        with LocalReparameterization() if local_reparam else nullcontext():
+                        with LocalReparameterization(lrt_layers) if lrt_layers else nullcontext():
                             loss = elbo.differentiable_loss(model, guide, x, y)
                             if objective is not None:
                                 parts = dict(elbo.last_parts)
