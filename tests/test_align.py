@@ -571,13 +571,16 @@ def test_snr_criterion_keeps_the_units_with_the_largest_mean_in_out_snr():
         assert score == pytest.approx(float(hand[unit]), rel=1e-5)
 
 
-def test_data_criterion_scores_are_the_units_output_energy():
+@pytest.mark.parametrize("compensation", [False, True])
+def test_data_criterion_scores_are_the_units_output_energy(compensation):
+    """With compensation a removed unit's mean goes into the re-fitted bias: the score is the
+    centred output energy; without, the whole contribution is lost: the raw energy."""
     teacher, q, x = _random_teacher_and_data(hidden=6)
     student = _mlp(4, 2, 3, seed=1)
-    plan = bd.align(teacher, student, data=x, criterion="data", compensation=False, step=1.0)
+    plan = bd.align(teacher, student, data=x, criterion="data", compensation=compensation, step=1.0)
     h = torch.relu(x @ q.locs["0.weight"].T + q.locs["0.bias"])
-    hc = h - h.mean(0)
-    energy = hc.square().mean(0) * q.locs["2.weight"].square().sum(0)  # E ||(a_j - mean) w_j||^2
+    hc = h - h.mean(0) if compensation else h
+    energy = hc.square().mean(0) * q.locs["2.weight"].square().sum(0)  # E ||(a_j [- mean]) w_j||^2
     trace = plan.layers[0]["trace"]
     assert len(trace) == 4
     for _, unit, score in trace:
@@ -585,7 +588,8 @@ def test_data_criterion_scores_are_the_units_output_energy():
     assert plan.layers[0]["kept"] == sorted(torch.argsort(energy, descending=True)[:2].tolist())
 
 
-def test_data_criterion_for_a_convolution_feeding_a_convolution():
+@pytest.mark.parametrize("compensation", [False, True])
+def test_data_criterion_for_a_convolution_feeding_a_convolution(compensation):
     L = 7
     net = nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv1d(4, 3, 3, stride=2, padding=1), nn.ReLU(),
                         nn.Flatten(), nn.Linear(3 * 4, 2))
@@ -595,11 +599,12 @@ def test_data_criterion_for_a_convolution_feeding_a_convolution():
     student = nn.Sequential(nn.Conv1d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv1d(2, 3, 3, stride=2, padding=1), nn.ReLU(),
                             nn.Flatten(), nn.Linear(3 * 4, 2))
     x = torch.randn(50, 1, L, generator=_seeded(59))
-    plan = bd.align(teacher, student, data=x, criterion="data", compensation=False, step=1.0)
+    plan = bd.align(teacher, student, data=x, criterion="data", compensation=compensation, step=1.0)
     a = torch.relu(F.conv1d(x, q.locs["0.weight"], q.locs["0.bias"], padding=1))
-    a = a - a.mean(0)
+    if compensation:  # the mean goes into the re-fitted bias
+        a = a - a.mean(0)
     energy = []
-    for j in range(4):  # channel j alone through the next convolution (its mean goes into the bias)
+    for j in range(4):  # channel j alone through the next convolution
         only = torch.zeros_like(a)
         only[:, j] = a[:, j]
         energy.append(F.conv1d(only, q.locs["2.weight"], None, stride=2, padding=1).square().sum((1, 2)).mean())

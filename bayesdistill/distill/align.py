@@ -74,6 +74,9 @@ class UnitContext:
             layer's activation/normalization), or ``None`` without probe data.
         next_layer: the next layer's module (for criteria that need its geometry).
         generator: a seeded ``torch.Generator`` for random criteria.
+        compensated: whether the next layer is re-fitted after the removal (``compensation``
+            with probe data): a removed unit's mean output is then absorbed by the next bias,
+            otherwise its whole contribution is lost.
     """
 
     layer: str
@@ -87,6 +90,7 @@ class UnitContext:
     activations: Optional[Tensor]
     next_layer: nn.Module
     generator: torch.Generator
+    compensated: bool = True
 
     @property
     def units(self) -> int:
@@ -109,7 +113,9 @@ def _score_snr(ctx: UnitContext) -> Tensor:
 def _score_data(ctx: UnitContext) -> Tensor:
     if ctx.activations is None:
         raise DataError('criterion "data" needs probe data: pass data= to bd.align (inputs of the teacher)')
-    a = ctx.activations - ctx.activations.mean(dim=0, keepdim=True)  # the mean goes into the bias
+    a = ctx.activations
+    if ctx.compensated:  # the re-fit absorbs a removed unit's mean into the next bias
+        a = a - a.mean(dim=0, keepdim=True)
     nxt = ctx.next_layer
     energies = []
     for start in range(0, ctx.units, 16):
@@ -925,6 +931,7 @@ def align(
             ctx = UnitContext(
                 tl.path, rnd, work.Wm[t], work.Ws[t], work.bm[t], work.bs[t],
                 work.out_grouped(t, "m"), work.out_grouped(t, "s"), acts, tchain.layers[t + 1].module, gen,
+                compensated=bool(compensation and x is not None),
             )
             scores = torch.as_tensor(score_fn(ctx)).reshape(-1).to(torch.float64).cpu()
             if scores.numel() != units:
