@@ -1340,6 +1340,14 @@ pairs of test examples of different classes from pairs of the same class (0.5: n
 
 {delta}
 
+These students see only the 4000 labelled sequences. Measured over 3 seeds with 100 epochs
+(docs/function-space.md): KD alone does not help this MLP without more inputs (71.5 % vs 71.9 %
+plain, ECE 0.108), VID does (82.1 %, ECE 0.033), and with a transfer set of 50,000 generated
+unlabelled sequences VID + KD reaches 89.3 %, ECE 0.031. The command line does it with
+`bayesdistill distill --teacher teacher/posterior.pt --student mlp --method kd,vid --vid-pairs 6:2,9:4
+--transfer 50000 --epochs 100` (one run on a demo teacher: 88.6 %, ECE 0.044, against 72.4 % for
+its plain student; about a minute on 2 cores).
+
 {images}
 
 `vid_bounds.png` plots the lower bound H(t) + E[log q(t|s)] on the mutual information between the
