@@ -98,6 +98,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """``tight_layout``, write ``fig`` atomically (``bd.plots.save``, which creates the folder),
+    close it; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = bd.plots.save(fig, path, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 # ---------------------------------------------------------------------------------- fit step
 class FitStep:
     """One SVI step of :func:`bayesdistill.fit`, statement for statement (see module docstring).

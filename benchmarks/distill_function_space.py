@@ -67,7 +67,7 @@ import torch
 import bayesdistill as bd
 from bayesdistill.cli import TEACHER_DEFAULTS
 from bayesdistill.distill import KD, VID, FeatureTaps
-from _common import RESULTS_DIR, bar_text, machine_info, table, write_json
+from _common import RESULTS_DIR, bar_text, machine_info, save_figure, table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 FIG_DIR = ROOT / "docs" / "figures"
@@ -416,10 +416,7 @@ def plot_vid_bounds(payload: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6.5)
     fig.suptitle(f"VID bound H(t) + E[log q(t|s)] per pair over training (seed {seed})", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def plot_cosine(payload: dict[str, Any], best: str, path: Path) -> None:
@@ -451,10 +448,7 @@ def plot_cosine(payload: dict[str, Any], best: str, path: Path) -> None:
     axes[0].set_ylabel("density")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"MNIST-1D test pairs, seed {seed} (vertical lines: means)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def best_distilled(payload: dict[str, Any]) -> Optional[str]:

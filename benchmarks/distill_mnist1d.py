@@ -48,7 +48,7 @@ import torch
 
 import bayesdistill as bd
 from bayesdistill.cli import TEACHER_DEFAULTS
-from _common import RESULTS_DIR, bar_text, machine_info, table, write_json
+from _common import RESULTS_DIR, bar_text, machine_info, save_figure, table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 FIG_DIR = ROOT / "docs" / "figures"
@@ -367,10 +367,7 @@ def plot_variants(results: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("learning curves, 10% data", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def plot_pruning(curve: dict[str, Any], path: Path) -> None:
@@ -390,10 +387,7 @@ def plot_pruning(curve: dict[str, Any], path: Path) -> None:
     ax.set_title(f"teacher cnn-deep pruning curve, MNIST-1D (seed {curve['seed']})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -75,7 +75,7 @@ import torch
 from torch import nn
 
 import bayesdistill as bd
-from _common import bar_text, machine_info, table, write_json
+from _common import bar_text, machine_info, save_figure, table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 FIG_DIR = ROOT / "docs" / "figures"
@@ -354,11 +354,7 @@ def plot(summary: dict[str, Any], out_dir: Path, tag: str = "") -> list[Path]:
         axes[0].set_title(f"{setting}: student {[10] + SETTINGS[setting]} (y clipped at -2)", fontsize=9)
         axes[1].set_title("dotted: noise floor (true-model values)", fontsize=9)
         axes[1].legend(fontsize=7, loc="upper right")
-        fig.tight_layout()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"synthetic_loglik_{setting}{'_' + tag if tag else ''}.png"
-        fig.savefig(path)
-        plt.close(fig)
+        path = save_figure(fig, out_dir / f"synthetic_loglik_{setting}{'_' + tag if tag else ''}.png", dpi=90)
         paths.append(path)
     return paths
 
