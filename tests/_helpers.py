@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 
 def tiny_mlp(in_dim: int = 4, hidden: int = 6, out_dim: int = 3, seed: int = 0) -> nn.Sequential:
@@ -93,3 +94,26 @@ def run_cli(cache_dir, args: list[str]) -> int:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BAYESDISTILL_CACHE", str(cache_dir))
         return main(args)
+
+
+class PlainDataset(Dataset):
+    """A map-style Dataset that is not a TensorDataset (exercises the DataLoader paths)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def one_line_error(capsys, *needles: str) -> str:
+    """The CLI's stderr after a clean failure: one line, no traceback, containing every needle."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err

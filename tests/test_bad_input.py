@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import bayesdistill as bd
-from _helpers import clone_state, states_equal, tiny_mlp, toy_classification, toy_regression
+from _helpers import PlainDataset, clone_state, states_equal, tiny_mlp, toy_classification, toy_regression
 
 
 class Scale(nn.Module):
@@ -27,17 +27,6 @@ class Scale(nn.Module):
 
     def forward(self, x):
         return x * self.gain
-
-
-class PlainDataset(Dataset):
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
 
 
 # ----------------------------------------------------------------------------- unsupported layers

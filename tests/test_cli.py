@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import bayesdistill as bd
-from _helpers import run_cli
+from _helpers import one_line_error, run_cli
 from bayesdistill import cli
 from bayesdistill.cli import TEACHER_DEFAULTS, main
 
@@ -189,48 +189,39 @@ def test_local_reparam_option_values() -> None:
 
 
 # ----------------------------------------------------------------------------- errors
-def _assert_clean_error(capsys: pytest.CaptureFixture[str], *needles: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert err.count("\n") == 1, err  # one line
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
 def test_corrupt_posterior_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "posterior.pt"
     bad.write_bytes(b"definitely not a torch file")
     capsys.readouterr()
     assert main(["evaluate", "--posterior", str(bad), "--dataset", "mnist1d"]) == 2
-    _assert_clean_error(capsys, "could not be read as a posterior")
+    one_line_error(capsys, "could not be read as a posterior")
 
 
 def test_missing_posterior_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "--posterior", str(tmp_path / "nope.pt")]) == 2
-    _assert_clean_error(capsys, "no posterior file")
+    one_line_error(capsys, "no posterior file")
 
 
 def test_posterior_without_architecture_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bnn = bd.BNN(bd.models.build("mlp", (4,), 2, hidden=(3,)))
     path = bnn.posterior().save(tmp_path / "bare.pt")  # metadata left empty
     assert main(["evaluate", "--posterior", str(path), "--dataset", "digits"]) == 2
-    _assert_clean_error(capsys, "architecture")
+    one_line_error(capsys, "architecture")
 
 
 def test_evaluate_on_mismatched_dataset_exits_2(cnn_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     assert main(["evaluate", "--posterior", str(cnn_run / "posterior.pt"), "--dataset", "digits"]) == 2
-    _assert_clean_error(capsys, "digits")
+    one_line_error(capsys, "digits")
 
 
 def test_unknown_dataset_and_model_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fit", "--dataset", "imagenet", "--epochs", "1", "--out", str(tmp_path / "a")]) == 2
-    _assert_clean_error(capsys, "unknown dataset 'imagenet'", "mnist1d")
+    one_line_error(capsys, "unknown dataset 'imagenet'", "mnist1d")
     assert not (tmp_path / "a").exists()  # nothing is created for a failed lookup
     assert main(["fit", "--dataset", "digits", "--model", "resnet", "--epochs", "1", "--quiet",
                  "--out", str(tmp_path / "b")]) == 2
-    err = _assert_clean_error(capsys, "unknown model 'resnet'")
+    err = one_line_error(capsys, "unknown model 'resnet'")
     assert not err.split("error: ", 1)[1].startswith("'")  # no KeyError quoting
 
 
@@ -252,7 +243,7 @@ def test_unavailable_cuda_is_a_clean_error(tmp_path: Path, capsys: pytest.Captur
         pytest.skip("CUDA is available here")
     assert main(["fit", "--dataset", "digits", "--device", "cuda", "--epochs", "1",
                  "--out", str(tmp_path)]) == 2
-    _assert_clean_error(capsys, "CUDA is not available")
+    one_line_error(capsys, "CUDA is not available")
 
 
 # ----------------------------------------------------------------------------- entry points

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import pytest
 
 import bayesdistill as bd
-from _helpers import run_cli
+from _helpers import one_line_error, run_cli
 from bayesdistill import cli
 from bayesdistill.cli import DISTILL_DEFAULTS, main
 
@@ -115,15 +115,6 @@ def test_distill_variants_and_monitor(teacher: Path, tmp_path: Path) -> None:
     assert bd.MeanFieldPosterior.load(out / "posterior.pt").metadata["model_kwargs"] == {"channels": 8}
 
 
-def _one_line_error(capsys: pytest.CaptureFixture[str], *needles: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert err.count("\n") == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
 def test_wider_student_exits_2_naming_the_layer(teacher: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "wide"
@@ -131,7 +122,7 @@ def test_wider_student_exits_2_naming_the_layer(teacher: Path, tmp_path: Path,
     # cnn-small with 64 channels against the 32-channel cnn-deep teacher
     assert main(["distill", "--teacher", str(teacher), "--student", "cnn-small", "--channels", "64",
                  "--epochs", "1", "--quiet", "--out", str(out)]) == 2
-    _one_line_error(capsys, "layer '1'", "64", "wider")
+    one_line_error(capsys, "layer '1'", "64", "wider")
     assert not out.exists()  # nothing is written for a refused student
 
 
@@ -139,19 +130,19 @@ def test_other_bad_students_exit_2(teacher: Path, tmp_path: Path, capsys: pytest
     out = tmp_path / "bad"
     capsys.readouterr()
     assert main(["distill", "--teacher", str(teacher), "--student", "resnet", "--out", str(out)]) == 2
-    _one_line_error(capsys, "unknown model 'resnet'")
+    one_line_error(capsys, "unknown model 'resnet'")
     assert main(["distill", "--teacher", str(teacher), "--student", "mlp", "--hidden", "8", "--epochs", "1",
                  "--out", str(out)]) == 2
-    _one_line_error(capsys, "cannot align teacher cnn-deep to student mlp", "--method kd")  # the function-space hint
+    one_line_error(capsys, "cannot align teacher cnn-deep to student mlp", "--method kd")  # the function-space hint
     assert main(["distill", "--teacher", str(teacher), "--student", "cnn-small", "--hidden", "8",
                  "--out", str(out)]) == 2
-    _one_line_error(capsys, "--hidden")
+    one_line_error(capsys, "--hidden")
     assert main(["distill", "--teacher", str(tmp_path / "missing.pt"), "--student", "cnn-small",
                  "--out", str(out)]) == 2
-    _one_line_error(capsys, "no posterior file")
+    one_line_error(capsys, "no posterior file")
     assert main(["distill", "--teacher", str(teacher), "--student", "cnn-small", "--dataset", "digits",
                  "--out", str(out)]) == 2
-    _one_line_error(capsys, "digits")
+    one_line_error(capsys, "digits")
     assert not out.exists()
     for bad in (["--variance", "bogus"], ["--variance", "-1"], ["--criterion", "magic"], ["--init", "zeros"]):
         with pytest.raises(SystemExit) as exc:

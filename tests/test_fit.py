@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributions as td
-from torch.utils.data import Dataset
 
 import bayesdistill as bd
 import bayesdistill.bnn.local_reparam as lrt_module
 from _helpers import (
+    PlainDataset,
     randomize_posterior,
     states_equal,
     tiny_conv1d,
@@ -30,19 +30,6 @@ from _helpers import (
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 COLUMNS = {"epoch", "elbo", "nll", "kl", "loss", "kl_weight", "lr", "time_s"}
-
-
-class PlainDataset(Dataset):
-    """A map-style Dataset that is not a TensorDataset (exercises fit's DataLoader path)."""
-
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
 
 
 def _bnn(seed: int = 0, **kw) -> bd.BNN:

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import pytest
 
 import bayesdistill as bd
-from _helpers import run_cli
+from _helpers import one_line_error, run_cli
 from bayesdistill import cli
 from bayesdistill.cli import FUNCTION_SPACE_DEFAULTS, METHODS, main
 
@@ -47,15 +47,6 @@ def kd_vid(cache_dir: Path, teacher: Path, tmp_path_factory: pytest.TempPathFact
 def _history(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def _one_line_error(capsys: pytest.CaptureFixture[str], *needles: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert err.count("\n") == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def test_kd_vid_cnn_to_mlp_writes_all_artefacts(kd_vid: Path) -> None:
@@ -105,10 +96,10 @@ def test_prior_with_unalignable_student_exits_2(teacher: Path, tmp_path: Path,
     capsys.readouterr()
     assert main(["distill", "--teacher", str(teacher), "--student", "mlp", "--method", "prior,kd", *SMALL,
                  "--out", str(out)]) == 2
-    _one_line_error(capsys, "--method prior", "--method kd")
+    one_line_error(capsys, "--method prior", "--method kd")
     assert main(["distill", "--teacher", str(teacher), "--student", "mlp", "--hidden", "4", "--method", "prior",
                  *SMALL, "--out", str(out)]) == 2
-    _one_line_error(capsys, "--method prior", "cannot align teacher cnn to student mlp", "kd")
+    one_line_error(capsys, "--method prior", "cannot align teacher cnn to student mlp", "kd")
     assert not out.exists()
 
 
@@ -121,16 +112,16 @@ def test_transfer_needs_mnist1d_and_a_function_space_method(teacher: Path, tmp_p
     capsys.readouterr()
     assert main(["distill", "--teacher", str(digits / "posterior.pt"), "--student", "mlp", "--hidden", "4",
                  "--method", "kd", "--transfer", "100", *SMALL, "--out", str(out)]) == 2
-    _one_line_error(capsys, "--transfer", "mnist1d", "digits")
+    one_line_error(capsys, "--transfer", "mnist1d", "digits")
     assert main(["distill", "--teacher", str(teacher), "--student", "cnn", "--channels", "4", "--transfer", "100",
                  *SMALL, "--out", str(out)]) == 2
-    _one_line_error(capsys, "--transfer", "kd")
+    one_line_error(capsys, "--transfer", "kd")
     assert main(["distill", "--teacher", str(teacher), "--student", "mlp", "--method", "kd", "--vid-pairs", "6:4",
                  *SMALL, "--out", str(out)]) == 2
-    _one_line_error(capsys, "--vid-pairs")
+    one_line_error(capsys, "--vid-pairs")
     assert main(["distill", "--teacher", str(teacher), "--student", "mlp", "--method", "vid", "--vid-pairs", "6:9",
                  *SMALL, "--out", str(out)]) == 2
-    _one_line_error(capsys, "student has no module '9'")
+    one_line_error(capsys, "student has no module '9'")
     assert not out.exists()
 
 
