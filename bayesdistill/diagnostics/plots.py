@@ -288,19 +288,13 @@ def calibration(
 
     fig, axes = _new_figure(2, 1, figsize=(5.2, 6.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top, bottom = axes[0, 0], axes[1, 0]
-    top.plot([0, 1], [0, 1], ls="--", color="0.5", label="perfect calibration")
     top.bar(centers[nonempty], acc.numpy()[nonempty], width=width[nonempty], color="C0",
             edgecolor="k", alpha=0.8, label="accuracy")
     top.bar(centers[nonempty], (conf - acc).numpy()[nonempty], bottom=acc.numpy()[nonempty],
             width=width[nonempty], color="C3", alpha=0.3, hatch="//", edgecolor="C3", label="gap to confidence")
-    top.set_xlim(0, 1)
-    top.set_ylim(0, 1)
-    top.set_ylabel("accuracy (top-1)")
     top.set_aspect("auto")
-    top.legend(loc="upper left")
-    top.grid(alpha=0.3)
-    head = f"{title}\n" if title else ""
-    top.set_title(f"{head}reliability diagram: ECE = {ece:.4f}, N = {int(counts.sum())}")
+    _unit_square(top, None, "accuracy (top-1)", title,
+                 f"reliability diagram: ECE = {ece:.4f}, N = {int(counts.sum())}")
 
     bottom.bar(centers, counts.numpy(), width=width, color="0.6", edgecolor="k")
     bottom.set_xlabel("confidence (top-1 predictive probability)")
@@ -308,6 +302,19 @@ def calibration(
     bottom.grid(alpha=0.3)
     fig.ece = ece
     return fig
+
+
+def _unit_square(ax, xlabel: Optional[str], ylabel: str, title: Optional[str], what: str) -> None:
+    """[0, 1]^2 axes with the diagonal of perfect calibration, labels, legend, grid and title."""
+    ax.plot([0, 1], [0, 1], ls="--", color="0.5", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{title}\n{what}" if title else what)
 
 
 @torch.no_grad()
@@ -330,16 +337,9 @@ def _coverage(bnn, data, *, num_samples: int, seed: Optional[int], title: Option
 
     fig, axes = _new_figure(1, 1, figsize=(5.2, 4.8))
     ax = axes[0, 0]
-    ax.plot([0, 1], [0, 1], ls="--", color="0.5", label="perfect calibration")
     ax.plot(levels.numpy(), observed.numpy(), marker="o", color="C0", label="observed")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("nominal coverage of the central predictive interval")
-    ax.set_ylabel("observed coverage")
-    ax.legend(loc="upper left")
-    ax.grid(alpha=0.3)
-    head = f"{title}\n" if title else ""
-    ax.set_title(f"{head}predictive interval coverage: mean |error| = {err:.4f}")
+    _unit_square(ax, "nominal coverage of the central predictive interval", "observed coverage", title,
+                 f"predictive interval coverage: mean |error| = {err:.4f}")
     fig.coverage_error = err
     return fig
 
