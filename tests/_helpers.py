@@ -74,8 +74,9 @@ def without_time(history: Iterable[Mapping[str, float]]) -> list[dict[str, float
 
 
 def states_equal(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
-    """Same keys and bit-identical tensors."""
-    return list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    """Same keys, bit-identical tensors and equal extra state (e.g. a term's weight)."""
+    return list(a) == list(b) and all(
+        torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
 
 
 def clone_state(module: nn.Module) -> dict[str, Tensor]:

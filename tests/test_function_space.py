@@ -571,6 +571,32 @@ def test_resume_with_distill_terms_is_bit_identical(tmp_path):
     assert r_straight.history[0]["loss"] != r_straight.history[-1]["loss"]
 
 
+def test_term_weights_changed_by_a_callback_resume_exactly(tmp_path):
+    """A term's weight is extra state: a schedule applied by a callback is checkpointed, and a
+    resumed run continues from the scheduled weight, not the constructor's."""
+    x, y = toy_classification(32)
+    teacher = bnn_teacher()
+
+    def run(epochs, **extra):
+        student = bd.BNN(tiny_mlp(seed=2), dataset_size=32)
+        kd = KD(teacher, weight=0.8)
+        halve = lambda record, bnn: setattr(kd, "weight", kd.weight / 2)  # noqa: E731
+        bd.fit(student, (x, y), epochs=epochs, distill=[kd], callbacks=[halve], batch_size=8, lr=0.01,
+               seed=7, progress=False, **extra)
+        return student, kd
+
+    kd = KD(teacher, weight=0.3)
+    assert kd.state_dict()["_extra_state"] == {"weight": 0.3}
+    obj = DistillObjective(bd.BNN(tiny_mlp(seed=2), dataset_size=32), [kd])
+    kd.weight = 0.6  # the likelihood's 1 - a follows a changed weight
+    assert kd.likelihood_weight == obj.likelihood_weight == pytest.approx(0.4)
+    straight, kd_straight = run(4)
+    run(2, checkpoint_dir=tmp_path)
+    resumed, kd_resumed = run(4, checkpoint_dir=tmp_path, resume=True)
+    assert kd_resumed.weight == kd_straight.weight == pytest.approx(0.8 / 16)
+    assert torch.equal(resumed.loc, straight.loc) and torch.equal(resumed.rho, straight.rho)
+
+
 # ----------------------------------------------------------------------------- 9. teacher modes
 def test_teacher_features_modes_and_plain_modules():
     x, _ = toy_classification(6)

@@ -133,6 +133,9 @@ class DistillTerm(nn.Module):
     caller's data plate, scaled by ``weight``.
 
     After each call ``last`` holds the detached batch mean of the term's loss (= -log_factor).
+    ``weight`` is part of the term's ``state_dict`` (as extra state), so a weight changed during
+    training (a schedule in a ``fit`` callback, the heavy student's decay) is checkpointed and
+    restored on resume.
     """
 
     likelihood_weight: float = 1.0
@@ -147,6 +150,12 @@ class DistillTerm(nn.Module):
         self.student_paths: list[str] = []
         self.teacher_paths: list[str] = []
         self.last: dict[str, Tensor] = {}
+
+    def get_extra_state(self) -> dict[str, float]:
+        return {"weight": self.weight}
+
+    def set_extra_state(self, state: Mapping[str, float]) -> None:
+        self.weight = float(state["weight"])
 
     def setup(self, s_out: Tensor, s_feats: Mapping[str, Tensor], t_out: Tensor, t_feats: Mapping[str, Tensor]) -> None:
         """Build shape-dependent parts (projections, regressors) from one batch; default none."""
@@ -174,7 +183,11 @@ class KD(DistillTerm):
             raise ValueError(f"KD: temperature must be > 0, got {temperature}")
         super().__init__(teacher, weight, "kd", teacher_mode)
         self.temperature = float(temperature)
-        self.likelihood_weight = 1.0 - float(weight)
+
+    @property
+    def likelihood_weight(self) -> float:  # type: ignore[override]
+        """1 - a: follows ``weight`` when a schedule changes it."""
+        return 1.0 - self.weight
 
     def log_factor(self, s_out, s_feats, t_out, t_feats) -> Tensor:
         if s_out.shape != t_out.shape:
@@ -412,12 +425,16 @@ class DistillObjective:
         FeatureTaps(bnn.net, self.student_paths, "student")  # validate paths now
         for t in terms:
             FeatureTaps(t.teacher_features.net, t.teacher_paths, "teacher")
-        self.likelihood_weight = math.prod(t.likelihood_weight for t in terms)
         self.entropies: dict[str, float] = {}
         self._arange: dict[tuple[int, torch.device], Tensor] = {}
 
     def parameters(self):
         return self.terms.parameters()
+
+    @property
+    def likelihood_weight(self) -> float:
+        """Product of the terms' ``likelihood_weight`` (read per model call: weights may change)."""
+        return math.prod(t.likelihood_weight for t in self.terms)
 
     @staticmethod
     def _key(t: DistillTerm) -> tuple[int, str]:
@@ -463,8 +480,8 @@ class DistillObjective:
             taps = stack.enter_context(FeatureTaps(self.bnn.net, self.student_paths, "student"))
             if y is None:
                 stack.enter_context(pyro.poutine.block(hide=["obs"]))
-            elif self.likelihood_weight != 1.0:
-                stack.enter_context(ScaleSite("obs", self.likelihood_weight))
+            elif (lw := self.likelihood_weight) != 1.0:
+                stack.enter_context(ScaleSite("obs", lw))
             out = self.bnn.model(x, y)
         teach = self._teacher(x)
         batch = x.shape[0]

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import torch
 from torch import nn
 
 from ..bnn.network import BNN
-from ..infer.fit import CHECKPOINT_NAME, FitResult, fit
+from ..infer.fit import FitResult, fit
 from .function_space import PKT
 
 __all__ = ["heavy_student", "HeavyStudentResult"]
@@ -70,9 +69,9 @@ def heavy_student(
     Stage 2's history has an ``intermediate_weight`` column (the weight after that epoch's
     decay). With ``checkpoint_dir=D`` the stages checkpoint into ``D/auxiliary`` and
     ``D/student``; ``resume=True`` continues whichever stage was interrupted (a finished stage
-    1 is restored, not retrained) and stage 2's intermediate weights continue from
-    ``intermediate_weight * decay ** (epochs done)``, so an interrupted run ends where an
-    uninterrupted one does (bit-identical on CPU).
+    1 is restored, not retrained) and stage 2's intermediate weights continue from their
+    checkpointed, decayed values (terms' weights are part of their state), so an interrupted
+    run ends where an uninterrupted one does (bit-identical on CPU).
     """
     if not 0 < decay <= 1:
         raise ValueError(f"decay must be in (0, 1], got {decay}")
@@ -85,11 +84,9 @@ def heavy_student(
     stage1 = fit(auxiliary, data, epochs=e1, distill=[PKT(teacher, ap, tp, weight=weight)], transfer=transfer,
                  checkpoint_dir=dirs[0], **fit_kwargs)
 
-    # epochs of stage 2 already done (resume): the decay continues from there
-    done = _checkpoint_epoch(dirs[1]) if fit_kwargs.get("resume") and dirs[1] is not None else 0
+    # on resume, fit restores the decayed weights with the terms' state (DistillTerm extra state)
     items = list(pairs.items())
-    start = intermediate_weight * decay**done
-    terms = [PKT(auxiliary, sp, a, weight=start) for a, sp in items[:-1]]
+    terms = [PKT(auxiliary, sp, a, weight=intermediate_weight) for a, sp in items[:-1]]
     terms.append(PKT(auxiliary, items[-1][1], items[-1][0], weight=weight))
     intermediate = terms[:-1]
 
@@ -104,10 +101,3 @@ def heavy_student(
                  checkpoint_dir=dirs[1], **fit_kwargs)
     return HeavyStudentResult(stage1, stage2)
 
-
-def _checkpoint_epoch(folder: Path) -> int:
-    """The last finished epoch recorded in ``folder``'s fit checkpoint (0 without one)."""
-    path = folder / CHECKPOINT_NAME
-    if not path.exists():
-        return 0
-    return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])

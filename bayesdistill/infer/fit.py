@@ -15,6 +15,7 @@ CPU run is bit-identical to an uninterrupted one).
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -217,6 +218,12 @@ def _kl_weight_at(kl_weight: Union[float, Callable[[int], float]], epoch: int) -
     return w
 
 
+def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a ``state_dict`` that later in-place updates do not touch (tensors cloned,
+    extra state such as a distillation term's weight copied)."""
+    return {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in state.items()}
+
+
 def fit(
     bnn: BNN,
     data: Data,
@@ -382,9 +389,9 @@ def fit(
             for epoch in bar:
                 t0 = time.perf_counter()
                 bnn.kl_weight = _kl_weight_at(kl_weight, epoch)
-                snapshot = {k: v.detach().clone() for k, v in bnn.state_dict().items()}
+                snapshot = _snapshot(bnn.state_dict())
                 term_snapshot = (
-                    {k: v.detach().clone() for k, v in objective.terms.state_dict().items()} if objective is not None else None
+                    _snapshot(objective.terms.state_dict()) if objective is not None else None
                 )
                 loss_sum = torch.zeros((), device=device)
                 nll_sum = torch.zeros((), device=device)
