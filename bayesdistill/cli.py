@@ -990,7 +990,7 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     distilled = bd.BNN(student_net, prior=prior, likelihood=_likelihood(data.task)[0],
                        dataset_size=len(data.train), init=init)
     if use_prior and init == "prior-mean":  # the aligned normalization statistics, if any, go with the means
-        pruning._load_points(distilled, plan.apply(q_teacher))
+        distilled.load_point_estimates(plan.apply(q_teacher).point_estimates)
     plain = bd.BNN(student_net, prior=bd.priors.Normal(scale=1.0), likelihood=_likelihood(data.task)[0],
                    dataset_size=len(data.train), init="module")
     terms = _fs_terms(fs_methods, teacher, pairs, cfg)

@@ -19,6 +19,7 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 
 import bayesdistill as bd
+import bayesdistill.bnn.kl as kl_module
 import bayesdistill.infer.elbo as elbo_module
 from _helpers import randomize_posterior, states_equal, tiny_mlp, toy_classification, toy_regression, without_time
 
@@ -97,7 +98,7 @@ def test_model_prior_scale_views_share_one_flat_tensor():
     x, y = toy_classification(8)
     trace = poutine.trace(bnn.model).get_trace(x, y)
     scales = [trace.nodes[n]["fn"].base_dist.scale.reshape(-1) for n in NAMES]
-    glued = elbo_module._concat(scales)
+    glued = kl_module._concat(scales)
     assert glued.data_ptr() == scales[0].data_ptr() and glued.numel() == bnn.num_weights
     assert glued._base is None  # the flat tensor itself, not a torch.cat copy
 
@@ -110,8 +111,8 @@ def test_meanfield_elbo_equals_trace_meanfield_elbo_with_learned_scale(kl_weight
     params = [bnn.loc, bnn.rho, bnn.prior_log_scale]
 
     calls = []
-    real = elbo_module._fused_normal_kl
-    monkeypatch.setattr(elbo_module, "_fused_normal_kl",
+    real = elbo_module.fused_normal_kl
+    monkeypatch.setattr(elbo_module, "fused_normal_kl",
                         lambda pairs, *a: calls.append(len(pairs)) or real(pairs, *a))
     pyro.set_rng_seed(11)
     ours = bd.MeanFieldELBO(num_particles=2)

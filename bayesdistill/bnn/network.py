@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..errors import DataError, PosteriorMismatchError, ShapeMismatchError, UnsupportedLayerError
 from . import local_reparam as _lrt
+from .kl import fused_normal_kl
 from .likelihoods import Categorical, Likelihood
 from .posterior import MeanFieldPosterior, ParamInfo
 from .priors import Normal as NormalPrior
@@ -242,7 +243,7 @@ class BNN(nn.Module):
                 torch.zeros(len(sites), dtype=self.prior_scale.dtype, device=self.prior_scale.device)
             )
         if isinstance(init, MeanFieldPosterior) and init.point_estimates:
-            self._load_matching_point_estimates(init.point_estimates)
+            self.load_point_estimates(init.point_estimates)
         # the flat loc is the only copy of the means: the buffer slots stay empty between passes
         for s in sites:
             s.module._buffers[s.attr] = None
@@ -508,9 +509,14 @@ class BNN(nn.Module):
         return out
 
     @torch.no_grad()
-    def _load_matching_point_estimates(self, points: dict[str, Tensor]) -> None:
-        """Copy the point estimates whose names and shapes this network has (e.g. the aligned
-        BatchNorm statistics of a teacher posterior used as ``init=``); ignore the rest."""
+    def load_point_estimates(self, points: dict[str, Tensor]) -> list[str]:
+        """Copy the point estimates whose names and shapes this network has; ignore the rest.
+
+        ``points`` maps ``"net.<path>"`` / ``"likelihood.<path>"`` to tensors, as in
+        :attr:`MeanFieldPosterior.point_estimates` (e.g. the aligned BatchNorm statistics of a
+        teacher posterior). Returns the names that were copied.
+        """
+        copied: list[str] = []
         for prefix, mod in (("net.", self.net), ("likelihood.", self.likelihood)):
             own = mod.state_dict()
             take = {
@@ -519,6 +525,8 @@ class BNN(nn.Module):
             }
             if take:
                 mod.load_state_dict(take, strict=False)
+                copied += [prefix + k for k in take]
+        return copied
 
     @torch.no_grad()
     def load_posterior(self, q: MeanFieldPosterior) -> "BNN":
@@ -571,9 +579,7 @@ class BNN(nn.Module):
         p uses the effective prior scales (:meth:`prior_scales`), learned multipliers included, so
         the KL is differentiable in ``prior_log_scale`` too.
         """
-        from ..infer.elbo import _fused_normal_kl
-
-        return _fused_normal_kl([(self.loc, self.scale(), self.prior_loc, self._effective_prior_scale())])
+        return fused_normal_kl([(self.loc, self.scale(), self.prior_loc, self._effective_prior_scale())])
 
     def extra_repr(self) -> str:
         return (

@@ -154,22 +154,6 @@ def narrow(net: nn.Sequential, fraction: float) -> nn.Sequential:
 
 
 # ----------------------------------------------------------------------------- pruning curve
-def _load_points(bnn: BNN, q: MeanFieldPosterior) -> None:
-    """Copy the network's point estimates of ``q`` (e.g. aligned BatchNorm statistics) into ``bnn``.
-
-    ``BNN(init=q)`` copies means and scales only; the aligned running statistics and
-    deterministic normalization parameters live in ``q.point_estimates`` (``"net.<path>"``).
-    """
-    points = {k[len("net."):]: v for k, v in q.point_estimates.items() if k.startswith("net.")}
-    if not points:
-        return
-    state = bnn.net.state_dict()
-    with torch.no_grad():
-        for k, v in points.items():
-            if k in state and state[k].shape == v.shape:
-                state[k].copy_(v.to(state[k].device))
-
-
 def aligned_network(teacher: BNN, student_net: nn.Module, plan: Any) -> BNN:
     """A :class:`BNN` of ``student_net`` whose q(w) is the teacher's posterior after ``plan``.
 
@@ -179,7 +163,6 @@ def aligned_network(teacher: BNN, student_net: nn.Module, plan: Any) -> BNN:
     aligned = plan.apply(teacher.posterior())
     bnn = BNN(student_net, prior=NormalPrior(0.0, 1.0), likelihood=copy.deepcopy(teacher.likelihood),
               dataset_size=teacher.dataset_size, init=aligned)
-    _load_points(bnn, aligned)
     return bnn.to(teacher.loc.device)
 
 

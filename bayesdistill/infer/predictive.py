@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..bnn.likelihoods import Categorical
 from ..bnn.likelihoods import Normal as NormalLikelihood
 from ..bnn.network import BNN
-from ..diagnostics.metrics import classification_metrics, regression_metrics
+from .metrics import classification_metrics, regression_metrics
 
 __all__ = ["evaluate", "predict"]
 
