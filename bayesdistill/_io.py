@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Union
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "remove_stale_temporaries"]
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[IO[Any]], None], *, binary: bool = True) -> Path:
@@ -19,6 +20,7 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[IO[Any]], None]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         umask = os.umask(0)
@@ -34,3 +36,19 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[IO[Any]], None]
             os.unlink(tmp)
         raise
     return path
+
+
+def remove_stale_temporaries(path: Union[str, os.PathLike]) -> list[Path]:
+    """Remove the temporary files ``.<name>.*.tmp`` that interrupted writes of ``path`` left
+    beside it; returns what was removed."""
+    path = Path(path)
+    removed = []
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            try:
+                stale.unlink()
+                removed.append(stale)
+            except FileNotFoundError:  # another process cleaned it up first
+                pass
+    return removed
+

@@ -157,6 +157,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "monitor": False,
     "checkpoint": True,
     "resume": False,
+    "overwrite": False,
+    "extend": False,
     "quiet": False,
 }
 
@@ -426,7 +428,12 @@ def _add_training_options(p: argparse.ArgumentParser, d: dict[str, Any]) -> None
                    help="evaluate on the test split after every epoch (eval_* columns in history.csv)")
     ck = p.add_mutually_exclusive_group()
     ck.add_argument("--resume", action="store_true",
-                    help="continue from OUT/checkpoints/checkpoint.pt if it exists")
+                    help="continue from OUT/checkpoints/checkpoint.pt if it exists (same settings)")
+    ck.add_argument("--overwrite", action="store_true",
+                    help="replace a run that OUT already holds (default: refuse)")
+    p.add_argument("--extend", action="store_true",
+                   help="with --resume: train a run on to more --epochs than it was planned for "
+                   "(the learning-rate schedule continues)")
     ck.add_argument("--no-checkpoint", dest="checkpoint", action="store_false",
                     help="do not write OUT/checkpoints/checkpoint.pt after each epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress messages")
@@ -536,6 +543,7 @@ def run_fit(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         progress=not quiet,
         checkpoint_dir=out / "checkpoints" if cfg["checkpoint"] else None,
         resume=cfg["resume"],
+        **({"overwrite": bool(cfg.get("overwrite")), "extend": bool(cfg.get("extend"))} if cfg["checkpoint"] else {}),
     )
 
     q = bnn.posterior()
@@ -601,7 +609,7 @@ def _print_metrics(metrics: dict[str, Any], out: Optional[Path], quiet: bool) ->
 def _cfg_from_args(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("dataset", "model", "epochs", "batch_size", "lr", "lr_schedule", "prior_scale", "kl_weight",
             "local_reparam", "channels", "hidden", "train_fraction", "num_samples", "seed", "device",
-            "monitor", "checkpoint", "resume", "quiet")
+            "monitor", "checkpoint", "resume", "overwrite", "extend", "quiet")
     return {k: getattr(args, k) for k in keys}
 
 

@@ -15,6 +15,8 @@ __all__ = [
     "PosteriorFormatError",
     "PosteriorMismatchError",
     "NonFiniteLossError",
+    "RunExistsError",
+    "ResumeMismatchError",
 ]
 
 
@@ -56,3 +58,16 @@ class NonFiniteLossError(BayesDistillError, FloatingPointError):
         self.epoch = epoch
         self.step = step
         self.checkpoint = checkpoint
+
+
+class RunExistsError(BayesDistillError, FileExistsError):
+    """A fresh run was pointed at a folder that already holds a run (finished or partial).
+
+    Resume it (``resume=True``, CLI ``--resume``), replace it (``overwrite=True``, CLI
+    ``--overwrite``) or choose another folder.
+    """
+
+
+class ResumeMismatchError(BayesDistillError, ValueError):
+    """A resumed run's settings or data differ from the checkpoint's (each difference is named)."""
+

@@ -1,13 +1,10 @@
 """Shared helpers of the benchmarks: the fit step, alternating timing, tables, JSON.
 
 Nothing here is part of the library. The one piece that matters for correctness is
-:class:`FitStep`: it runs, per call, exactly the statements that one iteration of the inner
-loop of :func:`bayesdistill.fit` runs (same objects: ``torch.optim.Adam`` over
-``bnn.parameters()``, :class:`~bayesdistill.MeanFieldELBO`, ``bnn.model``/``bnn.guide`` with
-``bnn._register_params = False`` under ``pyro.validation_enabled(False)``, the optional
-:class:`~bayesdistill.LocalReparameterization` handler, the per-step finiteness check and the
-on-device loss accumulators). :func:`verify_fit_step` checks that claim: training with
-``FitStep`` on ``fit``'s batches gives bit-identical variational parameters to ``bd.fit``.
+:class:`FitStep`: it calls the training engine's own step (``SVIEngine.step``, what
+:func:`bayesdistill.fit` runs per batch, with the state ``fit`` holds around the loop).
+:func:`verify_fit_step` checks that training with ``FitStep`` on ``fit``'s batches gives
+bit-identical variational parameters to ``bd.fit``.
 """
 
 from __future__ import annotations
@@ -28,15 +25,8 @@ import pyro
 import torch
 
 import bayesdistill as bd
-from bayesdistill.bnn.local_reparam import LocalReparameterization
-from bayesdistill.infer.elbo import MeanFieldELBO
-from bayesdistill.infer.fit import Batches, _validate
-
-try:  # fit names a bad batch when the loss raises; absent in older versions
-    from bayesdistill.infer.fit import _explain_batch_error
-except ImportError:  # pragma: no cover
-    def _explain_batch_error(bnn, x, y, epoch, step, err):
-        return None
+from bayesdistill.infer import Batch, Batches, SVIEngine
+from bayesdistill.infer.engine import EpochStats
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -111,65 +101,44 @@ def save_figure(fig, path: Path, dpi: int = 100) -> Path:
 
 # ---------------------------------------------------------------------------------- fit step
 class FitStep:
-    """One SVI step of :func:`bayesdistill.fit`, statement for statement (see module docstring).
+    """The training engine's own SVI step (:meth:`bayesdistill.infer.SVIEngine.step`), the step
+    ``bd.fit`` runs: the benchmark times the library's code, not a copy of it.
 
-    Use as ``with step.running(): step(x, y)``; ``running`` sets the state ``fit`` holds for the
-    whole training loop (validation off, no param-store registration, train mode).
+    Use as ``with step.running(): step(batch)``; ``running`` sets the state the engine holds for
+    the whole training loop (validation off, no param-store registration, train mode).
     """
 
-    def __init__(self, bnn: bd.BNN, *, lr: float = 1e-3, local_reparam: bool = False,
-                 num_particles: int = 1, weight_decay: float = 0.0):
-        device = bnn.loc.device
+    def __init__(self, bnn: bd.BNN, data: tuple[torch.Tensor, torch.Tensor], *, lr: float = 1e-3,
+                 local_reparam: bool = False, num_particles: int = 1, weight_decay: float = 0.0):
         self.bnn = bnn
-        self.local_reparam = local_reparam
-        # as in fit: optimizer, ELBO, per-step host check on CPU only
-        self.optimizer = torch.optim.Adam(bnn.parameters(), lr=lr, weight_decay=weight_decay)
-        self.elbo = MeanFieldELBO(num_particles=num_particles)
-        self.check_each_step = device.type == "cpu"
-        self.loss_sum = torch.zeros((), device=device)
-        self.nll_sum = torch.zeros((), device=device)
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        self.steps = 0
+        self.engine = SVIEngine(bnn, data, lr=lr, local_reparam=local_reparam, num_particles=num_particles,
+                                weight_decay=weight_decay, seed=0).init()
+        self.stats = EpochStats(bnn.loc.device)
 
     @contextmanager
     def running(self):
         bnn = self.bnn
-        saved_register, was_training = bnn._register_params, bnn.training
-        bnn._register_params = False
+        saved_register, was_training = bnn.register_params, bnn.training
+        bnn.register_params = False
         bnn.train()
         try:
             with pyro.validation_enabled(False):
                 yield self
         finally:
-            bnn._register_params = saved_register
+            bnn.register_params = saved_register
             bnn.train(was_training)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        bnn, elbo, optimizer = self.bnn, self.elbo, self.optimizer
-        self.steps += 1
-        steps = self.steps
-        # ---- the body of fit's inner loop (clip_grad_norm=None) ----
-        optimizer.zero_grad(set_to_none=True)
-        try:
-            with LocalReparameterization() if self.local_reparam else nullcontext():
-                loss = elbo.differentiable_loss(bnn.model, bnn.guide, x, y)
-        except (RuntimeError, IndexError, ValueError) as err:
-            _explain_batch_error(bnn, x, y, 0, steps, err)
-            raise
-        finite = torch.isfinite(loss)
-        if self.check_each_step and not bool(finite):
-            raise FloatingPointError(f"non-finite ELBO at step {steps}")
-        self.first_bad = torch.where((self.first_bad < 0) & ~finite, steps, self.first_bad)
-        loss.backward()
-        optimizer.step()
-        self.loss_sum += loss.detach()
-        self.nll_sum += elbo.last_parts["nll"]
+    def __call__(self, batch: Batch) -> None:
+        self.engine.step(batch, self.stats)
+        if self.engine.check_each_step and int(self.stats.first_bad) >= 0:
+            raise FloatingPointError(f"non-finite ELBO at step {self.stats.steps}")
 
 
 def verify_fit_step(make_net: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor, *,
                     device: torch.device, local_reparam: bool = False, epochs: int = 1,
                     batch_size: int = 128) -> bool:
-    """``FitStep`` on ``fit``'s own batches reproduces ``bd.fit`` bit for bit (True) or not.
+    """``FitStep`` on ``fit``'s own batches reproduces ``bd.fit`` bit for bit (True) or not:
+    the timed step is what training runs, with nothing around it that ``fit`` adds.
 
     On CUDA, cuDNN picks convolution algorithms by benchmark and some of their backward
     kernels accumulate with atomics, so two identical runs can differ in the last bits; the
@@ -192,22 +161,20 @@ def _verify_fit_step(make_net, x, y, *, device, local_reparam, epochs, batch_siz
     b = bd.BNN(net, dataset_size=n).to(device)  # BNN deep-copies net: same initial state
     bd.fit(a, (x, y), epochs=epochs, batch_size=batch_size, lr=1e-3, seed=0, progress=False,
            local_reparam=local_reparam, device=device)
-    pyro.set_rng_seed(0)
+    step = FitStep(b, (x, y), lr=1e-3, local_reparam=local_reparam)  # seeds as fit does (seed=0)
     batches = Batches((x, y), batch_size, device, 0)
-    _validate(b, batches)
-    step = FitStep(b, lr=1e-3, local_reparam=local_reparam)
     with step.running():
         for epoch in range(1, epochs + 1):
-            for xb, yb in batches.epoch(epoch):
-                step(xb, yb)
+            for batch in batches.epoch(epoch):
+                step(batch)
     return bool(torch.equal(a.loc, b.loc) and torch.equal(a.rho, b.rho))
 
 
 def fixed_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device,
                   seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Full mini-batches in ``fit``'s order (``Batches.epoch(1)``), on the device, made once."""
-    batches = [b for b in Batches((x, y), batch_size, device, seed).epoch(1) if len(b[0]) == batch_size]
-    return [(bx.contiguous(), by.contiguous()) for bx, by in batches]
+    batches = [b for b in Batches((x, y), batch_size, device, seed).epoch(1) if len(b) == batch_size]
+    return [Batch(b.x.contiguous(), b.y.contiguous()) for b in batches]
 
 
 class Cycle:

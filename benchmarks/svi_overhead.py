@@ -14,10 +14,10 @@ Networks (batch 128, data set size N = 4000, 10 classes, random data):
 Implementations (same network shapes, same data, same batch sequence, prior N(0, 1),
 initial posterior scale 1e-2, Adam lr 1e-3):
 
-* ``ours``: :class:`_common.FitStep`, i.e. exactly the body of ``bd.fit``'s inner loop
-  (``MeanFieldELBO.differentiable_loss(bnn.model, bnn.guide, x, y)``, backward, ``torch.optim.Adam``
-  step, finiteness check and loss accumulation); checked bit-identical against ``bd.fit``
-  before timing (``--no-verify`` skips the check).
+* ``ours``: :class:`_common.FitStep`, i.e. the training engine's own step
+  (``SVIEngine.step``: ``MeanFieldELBO.differentiable_loss(bnn.model, bnn.guide, x, y)``, backward,
+  ``torch.optim.Adam`` step, finiteness check and on-device accumulation of the epoch's loss, NLL
+  and KL); checked bit-identical against ``bd.fit`` before timing (``--no-verify`` skips the check).
 * ``ours+lrt``: the same with ``bd.local_reparameterization()`` (``fit(..., local_reparam=True)``).
 * ``plain``: hand-written PyTorch Bayes-by-backprop: per-layer ``mu``/``rho`` parameters,
   ``w = mu + softplus(rho) * eps``, closed-form KL to N(0, 1), ``F.linear``/``F.conv1d``,
@@ -178,18 +178,19 @@ def make_naive(net: nn.Module, device: torch.device):
 
 
 # ---------------------------------------------------------------------------------- ours
-def make_ours(net: nn.Module, device: torch.device, local_reparam: bool):
+def make_ours(net: nn.Module, device: torch.device, local_reparam: bool, data):
     bnn = bd.BNN(net, prior=bd.priors.Normal(0.0, 1.0), likelihood=bd.likelihoods.Categorical(),
                  dataset_size=N, init_scale=INIT_SCALE).to(device)
-    fit_step = FitStep(bnn, lr=LR, local_reparam=local_reparam)
+    fit_step = FitStep(bnn, data, lr=LR, local_reparam=local_reparam)
     return fit_step, fit_step.running
 
 
 # ---------------------------------------------------------------------------------- main
-def runner(step, next_batch):
+def runner(step, next_batch, unpack: bool = True):
     def run(k: int) -> None:
         for _ in range(k):
-            step(*next_batch())
+            batch = next_batch()
+            step(batch) if not unpack else step(batch.x, batch.y)
 
     return run
 
@@ -202,12 +203,12 @@ def bench_net(name: str, args, device: torch.device, data) -> dict:
     pyro.clear_param_store()
     default_validation = pyro.infer.util.is_validation_enabled()
 
-    ours, ours_ctx = make_ours(net, device, local_reparam=False)
-    lrt, lrt_ctx = make_ours(net, device, local_reparam=True)
+    ours, ours_ctx = make_ours(net, device, local_reparam=False, data=data)
+    lrt, lrt_ctx = make_ours(net, device, local_reparam=True, data=data)
     naive = make_naive(net, device)
     runners = {
-        "ours": runner(ours, Cycle(batches)),
-        "ours+lrt": runner(lrt, Cycle(batches)),
+        "ours": runner(ours, Cycle(batches), unpack=False),
+        "ours+lrt": runner(lrt, Cycle(batches), unpack=False),
         "plain": runner(make_plain(net, device), Cycle(batches)),
         "naive": runner(naive, Cycle(batches)),
     }

@@ -113,7 +113,7 @@ def test_fit_regression_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture
             "--num-samples", "4", "--out", str(out)]
     assert main(args + ["--epochs", "1"]) == 0
     first = _read_history(out / "history.csv")
-    assert main(args + ["--epochs", "2", "--resume"]) == 0
+    assert main(args + ["--epochs", "2", "--resume", "--extend"]) == 0
     metrics = _check_artefacts(out)
     rows = _read_history(out / "history.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -155,12 +155,12 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert fs["train_size"] == 400 and fs["config"]["epochs"] == cli.QUICK_DEMO["epochs"]
     for r in fs["students"].values():
         assert r["epochs_trained"] == cli.QUICK_DEMO["epochs"] and 0.0 <= r["test"]["accuracy"] <= 1.0
-    assert "vid.0.mi_bound" in fs["students"]["vid+kd"]["final_terms"] and "kd" in fs["students"]["kd"]["final_terms"]
+    assert "distill/vid/pair0/mi_bound" in fs["students"]["vid+kd"]["final_terms"] and "distill/kd/loss" in fs["students"]["kd"]["final_terms"]
     assert list(fs["cosine"]) == ["teacher cnn-deep", "plain", "kd", "vid+kd"]
     for png in ("students.png", "elbo.png", "vid_bounds.png", "cosine_distances.png"):
         assert (out / "function-space" / png).read_bytes()[:4] == b"\x89PNG", png
     rows = _read_history(out / "function-space" / "history_vid+kd.csv")
-    assert {"kd", "vid", "vid.0.mi_bound", "eval_accuracy"} <= set(rows[0])
+    assert {"distill/kd/loss", "distill/vid/loss", "distill/vid/pair0/mi_bound", "eval_accuracy"} <= set(rows[0])
     assert "## Function space" in report and "| metric | teacher cnn-deep | plain | kd | vid+kd |" in report
     for png in ("function-space/vid_bounds.png", "function-space/cosine_distances.png", "function-space/students.png"):
         assert f"({png})" in report

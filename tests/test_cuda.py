@@ -56,7 +56,7 @@ def test_fit_on_device(device, tmp_path):
     # resume on the same device continues the history without a gap
     more = bd.fit(bd.BNN(tiny_mlp(), dataset_size=64), (x, y), epochs=8, batch_size=16, lr=0.03,
                   device=device, progress=False, eval_data=(x, y), checkpoint_dir=tmp_path, resume=True,
-                  local_reparam=True)
+                  extend=True, local_reparam=True)
     assert [r["epoch"] for r in more.history] == list(range(1, 9))
 
 

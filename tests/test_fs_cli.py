@@ -58,9 +58,9 @@ def test_kd_vid_cnn_to_mlp_writes_all_artefacts(kd_vid: Path) -> None:
         assert not (kd_vid / name).exists(), name
     rows = _history(kd_vid / "history.csv")
     assert len(rows) == 1
-    assert {"kd", "vid", "vid.0.log_q", "vid.0.mi_bound"} <= set(rows[0])
-    assert float(rows[0]["kd"]) >= 0.0
-    assert "kd" not in _history(kd_vid / "plain_history.csv")[0]  # the plain reference has no terms
+    assert {"distill/kd/loss", "distill/vid/loss", "distill/vid/pair0/log_q", "distill/vid/pair0/mi_bound"} <= set(rows[0])
+    assert float(rows[0]["distill/kd/loss"]) >= 0.0
+    assert "distill/kd/loss" not in _history(kd_vid / "plain_history.csv")[0]  # the plain reference has no terms
 
     m = json.loads((kd_vid / "metrics.json").read_text())
     assert m["methods"] == ["kd", "vid"] and m["config"]["method"] == ["kd", "vid"]
@@ -69,7 +69,7 @@ def test_kd_vid_cnn_to_mlp_writes_all_artefacts(kd_vid: Path) -> None:
     # the default pair: the teacher's ReLU before the Flatten -> the student's last hidden ReLU
     assert fs["pairs"] == {"6": "4"} and fs["terms"] == ["kd", "vid"] and fs["transfer_size"] == 0
     assert fs["settings"] == {k: FUNCTION_SPACE_DEFAULTS[k] for k in ("kd_temperature", "kd_weight", "vid_weight")}
-    assert set(fs["final"]) >= {"kd", "vid", "vid.0.mi_bound"}
+    assert set(fs["final"]) >= {"distill/kd/loss", "distill/vid/loss", "distill/vid/pair0/mi_bound"}
     for key in ("teacher", "distilled", "plain"):
         assert 0.0 <= m[key]["test"]["accuracy"] <= 1.0 and m[key]["test"]["num_samples"] == 2
     assert m["distilled"]["num_weights"] == m["plain"]["num_weights"] == 40 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10
@@ -140,7 +140,7 @@ def test_transfer_pkt_hint_and_pairs(teacher: Path, tmp_path: Path, monkeypatch:
                  "--out", str(out)]) == 0
     assert calls == [(300, 1003)]  # the transfer set: generated MNIST-1D inputs, seed 1000 + --seed
     row = _history(out / "history.csv")[0]
-    assert {"pkt.2", "pkt.4", "hint", "kd"} <= set(row) and "vid" not in row
+    assert {"distill/pkt.2/loss", "distill/pkt.4/loss", "distill/hint/loss", "distill/kd/loss"} <= set(row) and "distill/vid/loss" not in row
     assert not (out / "vid_bounds.png").exists() and (out / "cosine_distances.png").is_file()
     fs = json.loads((out / "metrics.json").read_text())["function_space"]
     assert fs["pairs"] == {"4": "2", "6": "4"} and fs["transfer_size"] == 300
@@ -154,7 +154,7 @@ def test_prior_and_kd_together(teacher: Path, tmp_path: Path) -> None:
     m = json.loads((out / "metrics.json").read_text())
     assert m["methods"] == ["prior", "kd"] and m["aligned"] is not None and m["plan"] is not None
     assert (out / "plan.json").is_file() and (out / "students.png").is_file()
-    assert "kd" in _history(out / "history.csv")[0]
+    assert "distill/kd/loss" in _history(out / "history.csv")[0]
     assert bd.MeanFieldPosterior.load(out / "posterior.pt").metadata["prior"] == "teacher-posterior"
 
 

@@ -137,7 +137,7 @@ def test_kd_weight_scales_likelihood_and_factor_sites(a):
     ll = td.Categorical(logits=s_out).log_prob(y).sum()
     assert float(trace.nodes["obs"]["log_prob_sum"]) == pytest.approx((1 - a) * n / b * float(ll), rel=1e-5)
     # KD's reported loss is the batch mean of -log_factor (before the weight)
-    assert float(obj.step_values()["kd"]) == pytest.approx(-float(ref.mean()), rel=1e-5)
+    assert float(obj.step_metrics()["distill/kd/loss"]) == pytest.approx(-float(ref.mean()), rel=1e-5)
 
 
 def test_without_kd_the_likelihood_is_not_rescaled():
@@ -207,9 +207,9 @@ def test_vid_site_log_prob_vector_pair():
     torch.testing.assert_close(lp, ref, rtol=1e-5, atol=1e-4)
     # VID.log_factor is the same density (pair weight 1) and `last` reports its batch mean
     torch.testing.assert_close(vid.log_factor(None, s_feats, None, t_feats).detach(), ref, rtol=1e-5, atol=1e-4)
-    vals = obj.step_values()
-    assert float(vals["vid.0.log_q"]) == pytest.approx(float(ref.mean()), rel=1e-5)
-    assert float(vals["vid"]) == pytest.approx(-float(ref.mean()), rel=1e-5)
+    vals = obj.step_metrics()
+    assert float(vals["distill/vid/pair0/log_q"]) == pytest.approx(float(ref.mean()), rel=1e-5)
+    assert float(vals["distill/vid/loss"]) == pytest.approx(-float(ref.mean()), rel=1e-5)
 
 
 def test_vid_vector_student_meets_map_teacher_is_flattened():
@@ -470,14 +470,14 @@ def _compose(device: str):
     terms = [KD(teacher, temperature=temp, weight=a), VID(teacher, {"1": "1"}, weight=lam)]
     result = bd.fit(student, (x, y), epochs=2, batch_size=b, lr=0.01, seed=3, progress=False, distill=terms)
     for row in result.history:
-        for k in ("elbo", "nll", "kl", "kd", "vid", "vid.0.log_q", "vid.0.mi_bound"):
+        for k in ("elbo", "nll", "kl", "distill/kd/loss", "distill/vid/loss", "distill/vid/pair0/log_q", "distill/vid/pair0/mi_bound"):
             assert math.isfinite(row[k]), k
-        assert row["vid"] == pytest.approx(-lam * row["vid.0.log_q"], rel=1e-5)
+        assert row["distill/vid/loss"] == pytest.approx(-lam * row["distill/vid/pair0/log_q"], rel=1e-5)
     probe = x[:1024]  # fit fits H(t) on up to 1024 training inputs
     _, tf = teacher_features(teacher, probe, ["1"])
     h_t = gaussian_entropy(tf["1"])
     last = result.history[-1]
-    assert last["vid.0.mi_bound"] == pytest.approx(h_t + last["vid.0.log_q"], rel=1e-6, abs=1e-6)
+    assert last["distill/vid/pair0/mi_bound"] == pytest.approx(h_t + last["distill/vid/pair0/log_q"], rel=1e-6, abs=1e-6)
     assert all(p.device.type == device for p in terms[1].parameters())
     # the terms' own parameters are trained with q: the variances left their initial 5.0
     assert (terms[1].variance(0) - 5.0).abs().max() > 1e-3
@@ -522,7 +522,7 @@ def test_fit_with_transfer_uses_the_transfer_set_size():
     assert sorted(set(spy.sizes)) == [(n, b), (n_t, b)]
     assert spy.sizes.count((n_t, b)) == spy.sizes.count((n, b)) == steps
     assert spy.obs_seen == steps  # the likelihood only on labelled batches
-    assert all(math.isfinite(r["kd"]) and math.isfinite(r["elbo"]) for r in result.history)
+    assert all(math.isfinite(r["distill/kd/loss"]) and math.isfinite(r["elbo"]) for r in result.history)
     # term columns average over every call (labelled and transfer batches): with a student that
     # practically does not move (tiny lr, tiny posterior scale) the KD column is the mean of the
     # KD losses over the labelled set and over the transfer set (one full pass of each per epoch)
@@ -537,7 +537,7 @@ def test_fit_with_transfer_uses_the_transfer_set_size():
             return (16.0 * td.kl_divergence(td.Categorical(logits=zt / 4), td.Categorical(logits=zs / 4))).mean()
 
         expected = 0.5 * (float(kd_loss(x)) + float(kd_loss(xt32)))
-    assert r.history[0]["kd"] == pytest.approx(expected, rel=1e-4)
+    assert r.history[0]["distill/kd/loss"] == pytest.approx(expected, rel=1e-4)
     with pytest.raises(ValueError, match="transfer="):
         bd.fit(bd.BNN(tiny_mlp(seed=2), dataset_size=n), (x, y), epochs=1, progress=False, transfer=xt)
 
@@ -559,14 +559,14 @@ def test_resume_with_distill_terms_is_bit_identical(tmp_path):
 
     straight, t_straight, r_straight = run(4)
     _, _, r_first = run(2, checkpoint_dir=tmp_path)
-    resumed, t_resumed, r_resumed = run(4, checkpoint_dir=tmp_path, resume=True)
+    resumed, t_resumed, r_resumed = run(4, checkpoint_dir=tmp_path, resume=True, extend=True)
     assert torch.equal(resumed.loc, straight.loc) and torch.equal(resumed.rho, straight.rho)
     for a, b in zip(t_straight, t_resumed):
         assert states_equal(a.state_dict(), b.state_dict())
     assert without_time(r_resumed.history) == without_time(r_straight.history)
     assert r_resumed.history[:2] == r_first.history
     assert (t_straight[1].variance(0) - 5.0).abs().max() > 1e-3  # VID's variances were trained
-    assert {"kd", "vid", "hint", "vid.0.log_q", "vid.0.mi_bound"} <= set(r_straight.history[-1])
+    assert {"distill/kd/loss", "distill/vid/loss", "distill/hint/loss", "distill/vid/pair0/log_q", "distill/vid/pair0/mi_bound"} <= set(r_straight.history[-1])
     # the run is not trivially constant
     assert r_straight.history[0]["loss"] != r_straight.history[-1]["loss"]
 
@@ -592,7 +592,7 @@ def test_term_weights_changed_by_a_callback_resume_exactly(tmp_path):
     assert kd.likelihood_weight == obj.likelihood_weight == pytest.approx(0.4)
     straight, kd_straight = run(4)
     run(2, checkpoint_dir=tmp_path)
-    resumed, kd_resumed = run(4, checkpoint_dir=tmp_path, resume=True)
+    resumed, kd_resumed = run(4, checkpoint_dir=tmp_path, resume=True, extend=True)
     assert kd_resumed.weight == kd_straight.weight == pytest.approx(0.8 / 16)
     assert torch.equal(resumed.loc, straight.loc) and torch.equal(resumed.rho, straight.rho)
 
@@ -653,7 +653,7 @@ def test_two_vid_terms_get_distinct_sites_and_columns():
     result = bd.fit(student, (x, y), epochs=1, batch_size=16, progress=False, distill=[a, b])
     assert {a.name, b.name} == {"vid", "vid1"}
     row = result.history[-1]
-    assert "vid.0.mi_bound" in row and "vid1.0.mi_bound" in row
+    assert "distill/vid/pair0/mi_bound" in row and "distill/vid1/pair0/mi_bound" in row
 
 
 def test_transfer_batches_do_not_count_the_kl_again():

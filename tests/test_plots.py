@@ -216,9 +216,11 @@ def _distill_history(epochs: int = 3, eval_columns: bool = False) -> list[dict[s
     rows = []
     for e in range(1, epochs + 1):
         row = {"epoch": e, "elbo": -100.0 + e, "nll": 60.0 - e, "kl": 40.0, "loss": 100.0 - e, "kl_weight": 1.0,
-               "lr": 1e-3, "time_s": 0.1, "kd": 1.0 / e, "vid": -300.0 - e, "vid.0.log_q": -200.0 - e,
-               "vid.0.mi_bound": 50.0 + e, "vid.1.log_q": -100.0, "vid.1.mi_bound": 20.0 + 2 * e,
-               "vid1.0.log_q": -10.0, "vid1.0.mi_bound": 5.0, "pkt.4": 0.05, "hint": 0.5 / e}
+               "lr": 1e-3, "time_s": 0.1, "distill/kd/loss": 1.0 / e, "distill/vid/loss": -300.0 - e,
+               "distill/vid/pair0/log_q": -200.0 - e, "distill/vid/pair0/mi_bound": 50.0 + e,
+               "distill/vid/pair1/log_q": -100.0, "distill/vid/pair1/mi_bound": 20.0 + 2 * e,
+               "distill/vid1/pair0/log_q": -10.0, "distill/vid1/pair0/mi_bound": 5.0, "distill/pkt.4/loss": 0.05,
+               "distill/hint/loss": 0.5 / e}
         if eval_columns:
             row.update(eval_accuracy=0.5 + 0.1 * e, eval_nll=1.0 / e)
         rows.append(row)
@@ -230,7 +232,7 @@ def test_elbo_panel_for_distillation_terms():
     fig = plots.elbo(rows)
     assert len(fig.axes) == 3
     terms = fig.axes[2]
-    assert [line.get_label() for line in terms.lines] == ["kd", "vid", "pkt.4", "hint"]  # not the VID pair columns
+    assert [line.get_label() for line in terms.lines] == ["distill/kd/loss", "distill/vid/loss", "distill/pkt.4/loss", "distill/hint/loss"]  # not the pair columns
     assert list(terms.lines[0].get_ydata()) == pytest.approx([1.0, 0.5, 1 / 3])
     assert "nats" in terms.get_ylabel()
     assert terms.get_yscale() == "symlog"  # vid (hundreds) and pkt (0.05) differ by orders of magnitude
@@ -260,13 +262,13 @@ def test_vid_bounds_one_line_per_pair(tmp_path):
     assert isinstance(fig, Figure) and len(fig.axes) == 1
     ax = fig.axes[0]
     assert len(ax.lines) == 3  # vid.0, vid.1 and the second VID term's vid1.0
-    assert [line.get_label().split(" ")[0] for line in ax.lines] == ["vid.0", "vid.1", "vid1.0"]
+    assert [line.get_label().split(" ")[0] for line in ax.lines] == ["distill/vid/pair0", "distill/vid/pair1", "distill/vid1/pair0"]
     assert list(ax.lines[0].get_ydata()) == pytest.approx([51.0, 52.0, 53.0, 54.0])
     assert list(ax.lines[1].get_ydata()) == pytest.approx([22.0, 24.0, 26.0, 28.0])
     assert list(ax.lines[0].get_xdata()) == [1, 2, 3, 4]
     assert "nats" in ax.get_ylabel()
     fig = plots.vid_bounds(rows, labels=["t:8 -> s:4", "t:6 -> s:2"])
-    assert fig.axes[0].lines[0].get_label().startswith("vid.0: t:8 -> s:4")
+    assert fig.axes[0].lines[0].get_label().startswith("distill/vid/pair0: t:8 -> s:4")
     host = Figure()
     hax = host.subplots()
     assert plots.vid_bounds(rows, ax=hax) is host and len(hax.lines) == 3
@@ -285,7 +287,7 @@ def test_vid_bounds_needs_vid_columns(trained):
     with pytest.raises(ValueError, match="no VID columns"):
         plots.vid_bounds(result)
     with pytest.raises(ValueError, match="no VID columns"):
-        plots.vid_bounds([{"epoch": 1, "kd": 0.3, "vid.0.log_q": -1.0}])
+        plots.vid_bounds([{"epoch": 1, "distill/kd/loss": 0.3, "distill/vid/pair0/log_q": -1.0}])
 
 
 def test_vid_bounds_from_a_real_fit():
@@ -299,8 +301,8 @@ def test_vid_bounds_from_a_real_fit():
                     distill=[VID(teacher, {"2": "2"}, weight=0.1), KD(teacher)])
     fig = plots.vid_bounds(result)
     assert len(fig.axes[0].lines) == 1
-    assert list(fig.axes[0].lines[0].get_ydata()) == pytest.approx(result.column("vid.0.mi_bound"))
-    assert [line.get_label() for line in plots.elbo(result).axes[2].lines] == ["vid", "kd"]
+    assert list(fig.axes[0].lines[0].get_ydata()) == pytest.approx(result.column("distill/vid/pair0/mi_bound"))
+    assert [line.get_label() for line in plots.elbo(result).axes[2].lines] == ["distill/vid/loss", "distill/kd/loss"]
 
 
 # ----------------------------------------------------------------------------- cosine_distances

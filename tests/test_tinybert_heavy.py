@@ -92,7 +92,7 @@ def test_tinybert_term_enters_the_objective_and_trains():
     site = trace.nodes["distill.tinybert"]
     assert site["is_observed"] and float(site["scale"]) == pytest.approx(1.0)  # batch = data set
     result = bd.fit(student, (x, y), epochs=3, batch_size=12, lr=1e-2, progress=False, distill=[term])
-    assert [r["tinybert"] for r in result.history][-1] < result.history[0]["tinybert"]
+    assert [r["distill/tinybert/loss"] for r in result.history][-1] < result.history[0]["distill/tinybert/loss"]
     loss = MeanFieldELBO().differentiable_loss(obj.model, obj.guide, x, y)
     loss.backward()
     assert term.proj["hidn0"].weight.grad is not None and student.loc.grad is not None
@@ -125,7 +125,7 @@ def test_heavy_student_runs_both_stages_with_decaying_intermediate_weights():
         epochs=(2, 3), intermediate_weight=4.0, decay=0.5, batch_size=20, progress=False,
     )
     assert len(res.auxiliary.history) == 2 and len(res.student.history) == 3
-    assert "pkt.1" in res.auxiliary.history[0]
+    assert "distill/pkt.1/loss" in res.auxiliary.history[0]
     assert not torch.equal(aux.loc.detach(), aux_before)  # stage 1 trained the auxiliary student
     weights = [r["intermediate_weight"] for r in res.student.history]
     assert weights == pytest.approx([2.0, 1.0, 0.5])  # x decay after every epoch
@@ -157,7 +157,8 @@ def test_heavy_student_resume_continues_the_decay_and_matches_an_uninterrupted_r
     assert (tmp_path / "auxiliary" / "checkpoint.pt").exists() and (tmp_path / "student" / "checkpoint.pt").exists()
     assert [r["intermediate_weight"] for r in first.student.history] == pytest.approx([2.0, 1.0])
     aux3, student3 = nets()  # fresh objects, as after a crash: everything comes from the checkpoints
-    rest = heavy_student(teacher, aux3, student3, (x, y), epochs=(2, 4), checkpoint_dir=tmp_path, resume=True, **kw)
+    rest = heavy_student(teacher, aux3, student3, (x, y), epochs=(2, 4), checkpoint_dir=tmp_path, resume=True,
+                         extend=True, **kw)  # stage 2 was planned for 2 epochs
 
     assert [r["intermediate_weight"] for r in rest.student.history] == pytest.approx([2.0, 1.0, 0.5, 0.25])
     assert len(rest.auxiliary.history) == 2  # the finished stage 1 was restored, not retrained

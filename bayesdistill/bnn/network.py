@@ -184,7 +184,10 @@ class BNN(nn.Module):
         self.dataset_size = dataset_size
         self.kl_weight = 1.0
         self.pyro_name = name or f"bnn{next(_counter)}"
-        self._register_params = True
+        #: whether ``model``/``guide`` register the parameters in Pyro's param store (needed by
+        #: ``pyro.infer.SVI``, whose optimizer reads the store); the training engine, which optimizes
+        #: them directly, turns it off for speed
+        self.register_params = True
         self._subsample_cache: dict[tuple[int, torch.device], Tensor] = {}
 
         _check_selector(self.net, deterministic)
@@ -351,7 +354,7 @@ class BNN(nn.Module):
         return nullcontext() if w == 1.0 else poutine.scale(scale=w)
 
     def _model(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        if self._register_params:
+        if self.register_params:
             pyro.module(self.pyro_name, self)
         weights = {}
         prior_scale = self.prior_scale if not self.learn_prior_scale else self._effective_prior_scale()
@@ -379,7 +382,7 @@ class BNN(nn.Module):
         return out
 
     def _guide(self, x: Optional[Tensor] = None, y: Optional[Tensor] = None) -> None:
-        if self._register_params:
+        if self.register_params:
             pyro.module(self.pyro_name, self)
         handler = _lrt.current()
         lrt = handler is not None
@@ -423,7 +426,7 @@ class BNN(nn.Module):
                         b = moments.get(bias_name, (None, None))
                         s.module.forward = _bind_lrt(s.module, *moments[s.name], *b)
                         patched.append(s.module)
-            return self.net(x)
+            return self.net(*x) if isinstance(x, tuple) else self.net(x)
         finally:
             for m in patched:
                 del m.forward
@@ -549,24 +552,35 @@ class BNN(nn.Module):
 
     # ------------------------------------------------------------------ checks
     @torch.no_grad()
-    def check_data(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+    def check_data(self, x: Union[Tensor, tuple[Tensor, ...]], y: Optional[Tensor] = None) -> Tensor:
         """Validate one batch against the network and likelihood before any long computation.
 
-        Raises :class:`DataError` for non-finite inputs, an output the likelihood cannot score,
-        or targets of the wrong shape, dtype or range. Returns the network output.
+        ``x`` is the network's input batch, or a tuple of input batches for a network whose
+        ``forward`` takes several inputs. Raises :class:`DataError` for inputs that are not
+        tensors or not finite, inputs the network cannot run on (naming their shapes), an output
+        the likelihood cannot score, or targets of the wrong shape, dtype or range. Returns the
+        network output.
         """
-        if not torch.is_tensor(x):
-            raise DataError(f"inputs must be a torch.Tensor, got {type(x).__name__}")
-        if x.is_floating_point() and not torch.isfinite(x).all():
-            bad = (~torch.isfinite(x)).nonzero()[0].tolist()
-            raise DataError(f"inputs contain NaN or inf (first at index {bad})")
+        inputs = x if isinstance(x, tuple) else (x,)
+        for i, t in enumerate(inputs):
+            where = f"input {i} of the tuple" if isinstance(x, tuple) else "inputs"
+            if not torch.is_tensor(t):
+                raise DataError(f"{where} must be a torch.Tensor, got {type(t).__name__}")
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                bad = (~torch.isfinite(t)).nonzero()[0].tolist()
+                raise DataError(f"{where} contain NaN or inf (first at index {bad})")
+        if y is not None and not torch.is_tensor(y):
+            raise DataError(f"targets must be a torch.Tensor, got {type(y).__name__}")
+        device = self.loc.device
+        moved = tuple(t.to(device) for t in inputs)
         was_training = self.training
         self.eval()  # a check must not update BatchNorm running statistics (or draw dropout noise)
         try:
-            out = self(x.to(self.loc.device))
-        except RuntimeError as err:
+            out = self(moved if isinstance(x, tuple) else moved[0])
+        except (RuntimeError, ValueError, IndexError, TypeError) as err:
+            shapes = ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in inputs)
             raise DataError(
-                f"the network could not run on inputs of shape {tuple(x.shape)} and dtype {x.dtype}: {err}"
+                f"the network could not run on inputs of shape {shapes}: {' '.join(str(err).split())}"
             ) from err
         finally:
             self.train(was_training)

@@ -94,9 +94,9 @@ def _column(rows: list[dict[str, float]], key: str) -> tuple[list[float], list[f
 #: History columns of distillation terms (``fit(distill=...)``): the term names of
 #: ``bayesdistill.distill`` (a repeated term gets a number: ``vid1``, ``kd1``; PKT is
 #: ``pkt.<student path>``). VID's per-pair ``vid.<i>.log_q`` / ``.mi_bound`` are not term losses.
-_TERM_COLUMN = re.compile(r"^(?:(?:kd|vid|hint|tinybert)\d*|pkt\..+)$")
-_VID_BOUND = re.compile(r"^(vid\d*)\.(\d+)\.mi_bound$")
-_VID_PAIR_COLUMN = re.compile(r"^vid\d*\.\d+\.(?:log_q|mi_bound)$")
+_TERM_COLUMN = re.compile(r"^distill/[^/]+/loss$")
+_VID_BOUND = re.compile(r"^distill/([^/]+)/pair(\d+)/mi_bound$")
+_VID_PAIR_COLUMN = re.compile(r"^distill/[^/]+/pair\d+/(?:log_q|mi_bound)$")
 
 
 def _term_columns(rows: list[dict[str, float]]) -> list[str]:
@@ -675,7 +675,7 @@ def vid_bounds(
     else:
         fig = ax.figure
     for i, key in enumerate(keys):
-        prefix = key[: -len(".mi_bound")]
+        prefix = key[: -len("/mi_bound")]
         if isinstance(labels, Mapping):
             name = labels.get(prefix, prefix)
         elif labels is not None and i < len(labels):

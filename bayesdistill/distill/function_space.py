@@ -36,44 +36,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 
 from ..bnn.network import BNN
+from ..bnn.taps import FeatureTaps
+from ..infer.batches import Batch
+from ..infer.objective import Objective, ScaleSite, Term
 
 __all__ = ["FeatureTaps", "TeacherFeatures", "DistillTerm", "KD", "PKT", "Hint", "VID", "ScaleSite"]
-
-
-class FeatureTaps:
-    """Capture the outputs of modules by path with forward hooks (a context manager).
-
-    ``with FeatureTaps(net, ["features.3", "fc1"]) as taps: net(x)`` leaves ``taps.features``
-    = {path: output}. A path that names no module raises ``KeyError`` listing the paths.
-    """
-
-    def __init__(self, module: nn.Module, paths: Sequence[str], what: str = "network"):
-        modules = dict(module.named_modules())
-        for p in paths:
-            if p not in modules:
-                names = [n for n in modules if n]
-                raise KeyError(
-                    f"the {what} has no module {p!r}; its module paths are: {', '.join(names[:40])}"
-                    + (" ..." if len(names) > 40 else "")
-                )
-        self.modules = {p: modules[p] for p in dict.fromkeys(paths)}
-        self.features: dict[str, Tensor] = {}
-        self._hooks: list[Any] = []
-
-    def __enter__(self) -> "FeatureTaps":
-        self.features = {}
-        for p, m in self.modules.items():
-            self._hooks.append(m.register_forward_hook(lambda mod, inp, out, p=p: self.features.__setitem__(p, out)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
 
 
 class TeacherFeatures:
@@ -111,62 +81,37 @@ class TeacherFeatures:
             t.train(was)
 
 
-class ScaleSite(Messenger):
-    """Multiply the scale of the sample site ``name`` by ``factor`` (e.g. the likelihood by 1 - a)."""
+class DistillTerm(Term):
+    """Base class of a function-space term that compares the student with a teacher.
 
-    def __init__(self, name: str, factor: float):
-        super().__init__()
-        self.name, self.factor = name, float(factor)
-
-    def _pyro_sample(self, msg) -> None:
-        if msg["name"] == self.name:
-            msg["scale"] = self.factor * msg["scale"]
-
-
-class DistillTerm(nn.Module):
-    """Base class of a function-space term.
-
-    Subclasses set ``student_paths``/``teacher_paths`` (module paths to tap; ``""`` is not
-    allowed, the network output is always available) and implement :meth:`log_factor`, the
-    per-example contribution ``[B]`` in nats (higher = student closer to teacher), *before*
-    the term's weight. :meth:`observe` adds it to the Pyro model as ``pyro.factor`` inside the
-    caller's data plate, scaled by ``weight``.
-
-    After each call ``last`` holds the detached batch mean of the term's loss (= -log_factor).
-    ``weight`` is part of the term's ``state_dict`` (as extra state), so a weight changed during
-    training (a schedule in a ``fit`` callback, the heavy student's decay) is checkpointed and
-    restored on resume.
+    Subclasses set ``student_paths``/``teacher_paths`` (module paths to tap; the network output
+    is always available) and implement :meth:`log_factor`, the per-example contribution ``[B]``
+    in nats (higher = student closer to teacher), *before* the term's weight. The teacher is the
+    term's reference (:class:`~bayesdistill.infer.Term`): terms sharing a teacher (and its mode)
+    share one teacher pass per step.
     """
 
-    likelihood_weight: float = 1.0
-
     def __init__(self, teacher: Union[BNN, nn.Module], weight: float, name: str, teacher_mode: str = "mean"):
-        super().__init__()
-        if not weight >= 0:
-            raise ValueError(f"{type(self).__name__}: weight must be >= 0, got {weight}")
-        self.weight = float(weight)
-        self.name = name
+        super().__init__(name, weight)
         self.teacher_features = TeacherFeatures(teacher, teacher_mode)
-        self.student_paths: list[str] = []
         self.teacher_paths: list[str] = []
-        self.last: dict[str, Tensor] = {}
 
-    def get_extra_state(self) -> dict[str, float]:
-        return {"weight": self.weight}
+    @property
+    def reference_module(self) -> nn.Module:
+        """The teacher (moved to the training device by the engine)."""
+        return self.teacher_features.teacher
 
-    def set_extra_state(self, state: Mapping[str, float]) -> None:
-        self.weight = float(state["weight"])
+    def validate(self) -> None:
+        FeatureTaps(self.teacher_features.net, self.teacher_paths, "teacher")
 
-    def setup(self, s_out: Tensor, s_feats: Mapping[str, Tensor], t_out: Tensor, t_feats: Mapping[str, Tensor]) -> None:
-        """Build shape-dependent parts (projections, regressors) from one batch; default none."""
+    def reference_key(self):
+        return id(self.teacher_features.teacher), self.teacher_features.mode
 
-    def log_factor(self, s_out, s_feats, t_out, t_feats) -> Tensor:
-        raise NotImplementedError
+    def reference_paths(self) -> list[str]:
+        return list(self.teacher_paths)
 
-    def observe(self, s_out, s_feats, t_out, t_feats) -> None:
-        lf = self.log_factor(s_out, s_feats, t_out, t_feats)
-        self.last = {"loss": (-lf).detach().mean()}
-        pyro.factor(f"distill.{self.name}", self.weight * lf)
+    def reference(self, batch: Batch, paths: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.teacher_features(batch.x, paths)
 
 
 class KD(DistillTerm):
@@ -330,6 +275,7 @@ class VID(DistillTerm):
         self.regressor, self.hidden, self.init_variance, self.eps = regressor, hidden, float(init_variance), float(eps)
         self.mu = nn.ModuleDict()
         self.alpha = nn.ParameterDict()
+        self.entropies: dict[int, float] = {}
 
     def setup(self, s_out, s_feats, t_out, t_feats) -> None:
         for i, (tp, sp) in enumerate(self.pairs.items()):
@@ -340,6 +286,7 @@ class VID(DistillTerm):
                 self.mu[str(i)] = _Projection(s, t.reshape(t.shape[0], -1), hidden)
             else:
                 self.mu[str(i)] = _Projection(s, t, hidden)
+            self.entropies[i] = gaussian_entropy(t)  # H(t) of the bound H(t) + E[log q(t|s)] on I(t; s)
             channels = t.shape[1]
             a0 = math.log(math.expm1(self.init_variance - self.eps))
             self.alpha[str(i)] = nn.Parameter(torch.full((channels,), a0, dtype=t.dtype, device=t.device))
@@ -357,7 +304,7 @@ class VID(DistillTerm):
         return dist.Normal(mu, scale.expand_as(mu), validate_args=False).to_event(t.dim() - 1)
 
     def observe(self, s_out, s_feats, t_out, t_feats) -> None:
-        self.last = {}
+        metrics: dict[str, Tensor] = {}
         loss = 0.0
         for i, (tp, sp) in enumerate(self.pairs.items()):
             t = t_feats[tp]
@@ -365,11 +312,12 @@ class VID(DistillTerm):
             with pyro.poutine.scale(scale=self.pair_weights[i]):
                 pyro.sample(f"{self.name}.{i}", qd, obs=t)
             with torch.no_grad():
-                log_q = qd.log_prob(t)
-                self.last[f"{self.name}.{i}.log_q"] = log_q.mean()
-                loss = loss - self.pair_weights[i] * log_q.mean()
-        # the term's loss (= -log_factor, batch mean), as every DistillTerm reports it
-        self.last = {"loss": torch.as_tensor(loss), **self.last}
+                log_q = qd.log_prob(t).mean()
+                metrics[f"pair{i}/log_q"] = log_q
+                metrics[f"pair{i}/mi_bound"] = log_q + self.entropies[i]
+                loss = loss - self.pair_weights[i] * log_q
+        # the term's loss (= -log_factor, batch mean), as every term reports it
+        self.metrics = {"loss": torch.as_tensor(loss), **metrics}
 
     def log_factor(self, s_out, s_feats, t_out, t_feats) -> Tensor:
         total = 0.0
@@ -393,115 +341,5 @@ def gaussian_entropy(features: Tensor) -> float:
     return float(0.5 * (torch.log(2 * math.pi * math.e * var)).sum())
 
 
-class DistillObjective:
-    """The student's model and guide with function-space terms added (used by :func:`bd.fit`).
-
-    ``model(x, y=None, size=None)``: the student's Pyro model on a batch; with labels the
-    likelihood is observed (scaled by the product of the terms' ``likelihood_weight``, e.g.
-    1 - a for KD); without labels (a transfer batch) the likelihood site is hidden and only the
-    distillation terms act. The terms sit in ``pyro.plate("distill", size, subsample=...)`` so
-    that, like the likelihood, their batch sum is scaled to the data set (``size`` examples: the
-    labelled set, or the transfer set for transfer batches).
-
-    The pair works with plain :class:`pyro.infer.SVI` too: call :meth:`setup` on one batch
-    first (it builds the terms' shape-dependent modules); the model then registers the terms'
-    parameters with ``pyro.module`` under ``"<student pyro_name>.distill"``.
-    """
-
-    def __init__(self, bnn: BNN, terms: Sequence[DistillTerm]):
-        for t in terms:
-            if not isinstance(t, DistillTerm):
-                raise TypeError(f"distill= expects bd.distill terms (KD, VID, PKT, Hint), got {type(t).__name__}")
-        self.bnn = bnn
-        seen: set[str] = set()
-        for i, t in enumerate(terms):  # unique names: sites and history columns must not collide
-            base, k = t.name, 1
-            while t.name in seen:
-                t.name = f"{base}{k}"
-                k += 1
-            seen.add(t.name)
-        self.terms = nn.ModuleList(terms)
-        self.student_paths = list(dict.fromkeys(p for t in terms for p in t.student_paths))
-        FeatureTaps(bnn.net, self.student_paths, "student")  # validate paths now
-        for t in terms:
-            FeatureTaps(t.teacher_features.net, t.teacher_paths, "teacher")
-        self.entropies: dict[str, float] = {}
-        self._arange: dict[tuple[int, torch.device], Tensor] = {}
-
-    def parameters(self):
-        return self.terms.parameters()
-
-    @property
-    def likelihood_weight(self) -> float:
-        """Product of the terms' ``likelihood_weight`` (read per model call: weights may change)."""
-        return math.prod(t.likelihood_weight for t in self.terms)
-
-    @staticmethod
-    def _key(t: DistillTerm) -> tuple[int, str]:
-        # terms share one teacher pass only if they share the teacher *and* its mode
-        return id(t.teacher_features.teacher), t.teacher_features.mode
-
-    def _teacher(self, x: Tensor) -> dict[tuple[int, str], tuple[Tensor, dict[str, Tensor]]]:
-        groups: dict[tuple[int, str], tuple[TeacherFeatures, list[str]]] = {}
-        for t in self.terms:
-            key = self._key(t)
-            tf, paths = groups.setdefault(key, (t.teacher_features, []))
-            paths.extend(p for p in t.teacher_paths if p not in paths)
-        return {k: tf(x, paths) for k, (tf, paths) in groups.items()}
-
-    @torch.no_grad()
-    def setup(self, x: Tensor) -> None:
-        """Build the terms' shape-dependent modules from one batch and fit H(t) for VID pairs."""
-        was = self.bnn.training
-        self.bnn.eval()
-        try:
-            with FeatureTaps(self.bnn.net, self.student_paths, "student") as taps:
-                s_out = self.bnn(x)
-            s_feats = dict(taps.features)
-        finally:
-            self.bnn.train(was)
-        teach = self._teacher(x)
-        for t in self.terms:
-            t_out, t_feats = teach[self._key(t)]
-            t.setup(s_out, s_feats, t_out, t_feats)
-            if isinstance(t, VID):
-                for i, tp in enumerate(t.pairs):
-                    self.entropies[f"{t.name}.{i}"] = gaussian_entropy(t_feats[tp])
-
-    def model(self, x: Tensor, y: Optional[Tensor] = None, size: Optional[int] = None) -> Tensor:
-        from contextlib import ExitStack
-
-        if self.bnn._register_params and len(list(self.terms.parameters())):
-            # plain pyro.infer.SVI / Predictive: the terms' parameters (VID regressors and
-            # variances, Hint projections) go into the param store next to the student's, so
-            # that SVI's optimizer trains them; bd.fit optimizes them directly instead
-            pyro.module(f"{self.bnn.pyro_name}.distill", self.terms)
-        with ExitStack() as stack:
-            taps = stack.enter_context(FeatureTaps(self.bnn.net, self.student_paths, "student"))
-            if y is None:
-                stack.enter_context(pyro.poutine.block(hide=["obs"]))
-            elif (lw := self.likelihood_weight) != 1.0:
-                stack.enter_context(ScaleSite("obs", lw))
-            out = self.bnn.model(x, y)
-        teach = self._teacher(x)
-        batch = x.shape[0]
-        key = (batch, x.device)
-        if key not in self._arange:
-            self._arange[key] = torch.arange(batch, device=x.device)
-        n = size or (self.bnn.dataset_size or batch)
-        with pyro.plate("distill", size=n, subsample=self._arange[key]):
-            for t in self.terms:
-                t_out, t_feats = teach[self._key(t)]
-                t.observe(out, taps.features, t_out, t_feats)
-        return out
-
-    def guide(self, x: Tensor, y: Optional[Tensor] = None, size: Optional[int] = None) -> None:
-        self.bnn.guide(x, y)
-
-    def step_values(self) -> dict[str, Tensor]:
-        """The terms' detached values of the last model call (name -> 0-d tensor)."""
-        out = {}
-        for t in self.terms:
-            for k, v in t.last.items():
-                out[t.name if k == "loss" else k] = v
-        return out
+#: The objective of a student with distillation terms is the generic :class:`bayesdistill.infer.Objective`.
+DistillObjective = Objective

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..bnn.likelihoods import Categorical
 from ..bnn.likelihoods import Normal as NormalLikelihood
 from ..bnn.network import BNN
+from .batches import Batches
 from .metrics import classification_metrics, regression_metrics
 
 __all__ = ["evaluate", "predict"]
@@ -41,8 +42,6 @@ def predict(
     batch, so each column s is the prediction of one network w_s. ``vectorize`` as in
     :meth:`BNN.outputs <bayesdistill.BNN.outputs>`.
     """
-    from .fit import Batches
-
     device = bnn.loc.device
     batches = data if isinstance(data, Batches) else Batches(_as_data(data), batch_size, device, 0, shuffle=False)
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
@@ -52,9 +51,9 @@ def predict(
     outs, ys = [], []
     try:
         for batch in batches.epoch(0):
-            outs.append(bnn.outputs(batch[0], weights, vectorize))
-            if len(batch) > 1:
-                ys.append(batch[1])
+            outs.append(bnn.outputs(batch.x, weights, vectorize))
+            if batch.y is not None:
+                ys.append(batch.y)
     finally:
         bnn.train(was_training)
     return torch.cat(outs, dim=1), (torch.cat(ys) if ys else None)

@@ -58,11 +58,34 @@ def test_history_columns_and_elbo_identity():
         assert row["elbo"] == -(row["nll"] + row["kl"])
         assert row["kl_weight"] == 1.0 and row["lr"] == 0.01 and row["time_s"] > 0
         assert row["nll"] > 0 and row["kl"] > 0
+        # the columns are the averages over the epoch's steps of what the optimizer saw
+        assert row["loss"] == pytest.approx(row["nll"] + row["kl_weight"] * row["kl"], rel=1e-6)
     assert result.column("elbo") == [r["elbo"] for r in result.history]
-    # the kl column is the exact KL of the posterior at the end of the epoch
-    q = bnn.posterior()
-    ref = sum(td.kl_divergence(td.Normal(loc.double(), scale.double()), td.Normal(0.0, 1.0)).sum() for loc, scale in q.values())
-    assert result.history[-1]["kl"] == pytest.approx(float(ref), rel=1e-5)
+
+
+def _exact_kl(q) -> float:
+    return float(sum(td.kl_divergence(td.Normal(loc.double(), scale.double()), td.Normal(0.0, 1.0)).sum()
+                     for loc, scale in q.values()))
+
+
+@pytest.mark.parametrize("kl_weight", [1.0, 0.3])
+def test_kl_column_is_the_kl_the_optimizer_saw(kl_weight):
+    """One step per epoch: the kl column is the exact, unweighted KL of the posterior at that
+    step (before its update), so loss = nll + kl_weight * kl holds for the history."""
+    bnn = _bnn()
+    before = _exact_kl(bnn.posterior())
+    result = _fit(bnn, epochs=1, batch_size=64, kl_weight=kl_weight)
+    row = result.history[0]
+    assert row["kl"] == pytest.approx(before, rel=1e-5)
+    assert row["loss"] == pytest.approx(row["nll"] + kl_weight * row["kl"], rel=1e-6)
+    assert row["kl"] != pytest.approx(_exact_kl(bnn.posterior()), rel=1e-5)  # the update moved q
+
+
+def test_kl_column_with_zero_weight_is_the_end_of_epoch_kl():
+    bnn = _bnn()
+    result = _fit(bnn, epochs=2, kl_weight=0.0)
+    assert result.history[-1]["kl"] == pytest.approx(_exact_kl(bnn.posterior()), rel=1e-5)
+    assert result.history[-1]["loss"] == pytest.approx(result.history[-1]["nll"], rel=1e-6)
 
 
 def test_history_to_csv(tmp_path):
@@ -109,11 +132,12 @@ def test_kl_weight_callable_is_applied():
     kl_before = float(bnn.kl().detach())
     result = _fit(bnn, epochs=4, batch_size=64, kl_weight=weight)
     assert result.column("kl_weight") == [pytest.approx(weight(e)) for e in (1, 2, 3, 4)]
-    previous_kl = [kl_before] + result.column("kl")[:-1]
-    for row, kl_prev in zip(result.history, previous_kl):
-        assert row["loss"] - row["nll"] == pytest.approx(weight(row["epoch"]) * kl_prev, rel=1e-4, abs=1e-3)
+    assert result.history[0]["kl"] == pytest.approx(kl_before, rel=1e-5)
+    for row in result.history:
+        assert row["loss"] - row["nll"] == pytest.approx(weight(row["epoch"]) * row["kl"], rel=1e-4, abs=1e-3)
         assert row["elbo"] == -(row["nll"] + row["kl"])  # the ELBO column stays unweighted
-    assert bnn.kl_weight == 1.0  # restored after fit
+    # the network keeps the last weight: plain Pyro SVI continuing from it optimizes the same objective
+    assert bnn.kl_weight == pytest.approx(weight(4))
 
 
 def test_kl_weight_changes_the_result():
@@ -129,7 +153,8 @@ def test_kl_weight_changes_the_result():
 
 def test_cosine_lr_schedule():
     result = _fit(_bnn(), epochs=5, lr=0.02, lr_schedule="cosine")
-    expected = [0.02 * (1 + math.cos(math.pi * e / 5)) / 2 for e in range(1, 6)]
+    # the rate each epoch's steps used: from lr down towards 0
+    expected = [0.02 * (1 + math.cos(math.pi * (e - 1) / 5)) / 2 for e in range(1, 6)]
     assert result.column("lr") == [pytest.approx(v, rel=1e-9, abs=1e-12) for v in expected]
     constant = _fit(_bnn(), epochs=2, lr=0.02)
     assert constant.column("lr") == [0.02, 0.02]
@@ -137,7 +162,7 @@ def test_cosine_lr_schedule():
 
 def test_callable_lr_schedule():
     result = _fit(_bnn(), epochs=3, lr=0.04, lr_schedule=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5))
-    assert result.column("lr") == pytest.approx([0.02, 0.01, 0.005])
+    assert result.column("lr") == pytest.approx([0.04, 0.02, 0.01])  # stepped after each epoch
 
 
 def test_callbacks_see_every_epoch_and_can_stop_early():
@@ -221,7 +246,8 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path, as_dataset):
     r_first = _fit(part, data(), epochs=2, checkpoint_dir=tmp_path)
     assert r_first.checkpoint == tmp_path / "checkpoint.pt"
     resumed = _bnn()  # a fresh object, as after a restart
-    r_resumed = _fit(resumed, data(), epochs=4, checkpoint_dir=tmp_path, resume=True)
+    # the first run was planned for 2 epochs: training on to 4 is an explicit extension
+    r_resumed = _fit(resumed, data(), epochs=4, checkpoint_dir=tmp_path, resume=True, extend=True)
 
     assert torch.equal(resumed.loc, straight.loc) and torch.equal(resumed.rho, straight.rho)
     assert without_time(r_resumed.history) == without_time(r_straight.history)

@@ -1,0 +1,272 @@
+"""Mini-batches for SVI: what a data set yields, adapted to ``(inputs, targets, side inputs)``.
+
+A :class:`Batch` is what the training engine hands to the model: the network's input ``x`` (a
+tensor, or a tuple of tensors for a network whose ``forward`` takes several inputs), the
+targets ``y`` (``None`` for unlabelled transfer data) and ``side``, named extra tensors that
+only some terms read (e.g. a teacher's privileged inputs).
+
+Data sets yield batches in many shapes. The default adapter, :func:`default_batch`, accepts
+
+- a tensor (inputs only),
+- a tuple or list ``(x, y)`` (further items go to ``side["extra"]``),
+- a mapping with an input key (``"x"``, ``"input"``, ``"inputs"``) and optionally a target key
+  (``"y"``, ``"target"``, ``"targets"``, ``"label"``, ``"labels"``); every other key goes to
+  ``side``.
+
+Anything else needs an adapter: ``bd.fit(..., batch=lambda b: (b["image"], b["label"]))``
+(a callable returning a :class:`Batch`, ``(x, y)`` or ``(x, y, side)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from ..errors import DataError
+
+__all__ = ["Batch", "Batches", "BatchAdapter", "default_batch", "Data"]
+
+Data = Union[Dataset, DataLoader, Tensor, tuple]
+Inputs = Union[Tensor, tuple[Tensor, ...]]
+
+_INPUT_KEYS = ("x", "input", "inputs")
+_TARGET_KEYS = ("y", "target", "targets", "label", "labels")
+
+
+@dataclass
+class Batch:
+    """One mini-batch: network inputs ``x`` (``[B, ...]`` or a tuple of such), targets ``y``
+    (``[B, ...]`` or ``None``) and named side inputs (``[B, ...]`` each)."""
+
+    x: Inputs
+    y: Optional[Tensor] = None
+    side: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        first = self.x[0] if isinstance(self.x, tuple) else self.x
+        return int(first.shape[0])
+
+    def to(self, device: torch.device) -> "Batch":
+        """The batch on ``device`` (tensors moved, non-blocking)."""
+
+        def move(v: Any) -> Any:
+            if torch.is_tensor(v):
+                return v.to(device, non_blocking=True)
+            if isinstance(v, tuple):
+                return tuple(move(t) for t in v)
+            return v
+
+        return Batch(move(self.x), move(self.y), {k: move(v) for k, v in self.side.items()})
+
+
+BatchAdapter = Callable[[Any], Union[Batch, tuple]]
+
+
+def default_batch(raw: Any) -> Batch:
+    """Adapt what a data set or ``DataLoader`` yields to a :class:`Batch` (see module docstring)."""
+    if isinstance(raw, Batch):
+        return raw
+    if torch.is_tensor(raw):
+        return Batch(raw)
+    if isinstance(raw, Mapping):
+        x_key = next((k for k in _INPUT_KEYS if k in raw), None)
+        if x_key is None:
+            raise DataError(
+                f"batches are mappings with keys {sorted(map(str, raw))}; none is an input key "
+                f"{list(_INPUT_KEYS)}. Tell fit how to read them: "
+                "bd.fit(..., batch=lambda b: (b['<input key>'], b['<target key>']))"
+            )
+        y_key = next((k for k in _TARGET_KEYS if k in raw), None)
+        side = {k: v for k, v in raw.items() if k not in (x_key, y_key)}
+        return Batch(raw[x_key], raw[y_key] if y_key is not None else None, side)
+    if isinstance(raw, (tuple, list)) and raw:
+        x, *rest = raw
+        if isinstance(x, list):
+            x = tuple(x)
+        y = rest[0] if rest else None
+        side = {"extra": tuple(rest[1:])} if len(rest) > 1 else {}
+        return Batch(x, y, side)
+    raise DataError(
+        f"cannot read a batch of type {type(raw).__name__}; a data set must yield a tensor, an "
+        "(inputs, targets) tuple or a dict with an 'x' key, or fit needs an adapter: "
+        "bd.fit(..., batch=lambda b: (inputs, targets))"
+    )
+
+
+def _adapted(adapter: Optional[BatchAdapter], raw: Any) -> Batch:
+    if adapter is None:
+        return default_batch(raw)
+    out = adapter(raw)
+    if isinstance(out, Batch):
+        return out
+    if isinstance(out, tuple) and len(out) in (2, 3):
+        x, y, *side = out
+        return Batch(tuple(x) if isinstance(x, list) else x, y, dict(side[0]) if side else {})
+    raise DataError(
+        f"the batch adapter returned a {type(out).__name__}; it must return a bd.infer.Batch, "
+        "(inputs, targets) or (inputs, targets, side_dict)"
+    )
+
+
+class Batches:
+    """Mini-batches on a device, reproducible per (seed, epoch).
+
+    A ``TensorDataset``, a tensor or a tuple of tensors is moved to the device once and sliced
+    with a per-epoch permutation (no per-example Python work); any other ``Dataset`` goes
+    through a ``DataLoader`` whose shuffling generator is seeded per epoch; a ``DataLoader`` is
+    used as given. ``adapter`` turns what the data yield into a :class:`Batch`
+    (default :func:`default_batch`).
+    """
+
+    def __init__(self, data: Data, batch_size: int, device: torch.device, seed: int, shuffle: bool = True,
+                 adapter: Optional[BatchAdapter] = None, what: str = "training data"):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.device, self.seed, self.batch_size, self.shuffle = device, seed, batch_size, shuffle
+        self.adapter, self.what = adapter, what
+        self.loader: Optional[DataLoader] = None
+        self.dataset: Optional[Dataset] = None
+        self.tensors: Optional[tuple[Tensor, ...]] = None
+        if torch.is_tensor(data):
+            data = (data,)
+        if isinstance(data, (tuple, list)) and data and all(torch.is_tensor(t) for t in data):
+            if len({t.shape[:1] for t in data}) > 1:  # TensorDataset would raise a bare AssertionError
+                raise DataError(
+                    f"{what}: inputs and targets differ in length: the tensors have shapes "
+                    f"{[tuple(t.shape) for t in data]}"
+                )
+            data = TensorDataset(*data)
+        if isinstance(data, TensorDataset) and adapter is None:
+            self.tensors = tuple(t.to(device) for t in data.tensors)
+        elif isinstance(data, DataLoader):
+            self.loader = data
+        elif isinstance(data, Dataset):
+            self.dataset = data
+        else:
+            raise DataError(
+                f"{what} must be a torch Dataset, a DataLoader, a tensor or an (x, y) tuple of tensors, "
+                f"got {type(data).__name__}"
+            )
+        if self.num_examples == 0:
+            raise DataError(f"the {what} are empty (0 examples)")
+
+    def __len__(self) -> int:
+        if self.tensors is not None:
+            return math.ceil(len(self.tensors[0]) / self.batch_size)
+        if self.loader is not None:
+            return len(self.loader)
+        return math.ceil(len(self.dataset) / self.batch_size)  # type: ignore[arg-type]
+
+    @property
+    def num_examples(self) -> int:
+        if self.tensors is not None:
+            return len(self.tensors[0])
+        source = self.loader.dataset if self.loader is not None else self.dataset
+        try:
+            return len(source)  # type: ignore[arg-type]
+        except TypeError:  # an IterableDataset without __len__
+            return -1
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        """The batches of one epoch, in the order seeded by ``(seed, epoch)``."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        if self.tensors is not None:
+            n = len(self.tensors[0])
+            order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+            order = order.to(self.device)
+            for start in range(0, n, self.batch_size):
+                idx = order[start: start + self.batch_size]
+                x, *rest = (t.index_select(0, idx) for t in self.tensors)
+                yield Batch(x, rest[0] if rest else None, {"extra": tuple(rest[1:])} if len(rest) > 1 else {})
+            return
+        loader = self.loader or DataLoader(self.dataset, self.batch_size, shuffle=self.shuffle, generator=gen)
+        for raw in loader:
+            yield _adapted(self.adapter, raw).to(self.device)
+
+    def first(self) -> Batch:
+        """The first batch of epoch 0."""
+        return next(iter(self.epoch(0)))
+
+    def head(self, n: int) -> Batch:
+        """The first ``n`` examples (fewer if the data hold fewer) as one batch, in data order:
+        for shape checks and for the terms' setup."""
+        if self.tensors is not None:
+            x, *rest = (t[:n] for t in self.tensors)
+            return Batch(x, rest[0] if rest else None, {"extra": tuple(rest[1:])} if len(rest) > 1 else {})
+        parts: list[Batch] = []
+        count = 0
+        source = self.epoch(0) if self.loader is not None else Batches(
+            self.dataset, self.batch_size, self.device, 0, shuffle=False, adapter=self.adapter, what=self.what
+        ).epoch(0)
+        for batch in source:
+            parts.append(batch)
+            count += len(batch)
+            if count >= n:
+                break
+        return _concat_batches(parts, n)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The number of examples and a digest of the data: what a resumed run compares.
+
+        In-memory tensors are hashed whole (large ones every k-th element); for other data sets
+        the first, middle and last examples (by index) are hashed.
+        """
+        h = hashlib.sha256()
+        if self.tensors is not None:
+            for t in self.tensors:
+                _update(h, t)
+        else:
+            source = self.loader.dataset if self.loader is not None else self.dataset
+            n = self.num_examples
+            try:
+                for i in sorted({0, n // 2, n - 1}) if n > 0 else ():
+                    _update_any(h, source[i])  # type: ignore[index]
+            except (TypeError, NotImplementedError, IndexError, KeyError):
+                pass  # an iterable data set: its size is all a resume can compare
+        return {"num_examples": self.num_examples, "digest": h.hexdigest()[:16]}
+
+
+def _cat(values: list[Any], n: int) -> Any:
+    first = values[0]
+    if first is None:
+        return None
+    if torch.is_tensor(first):
+        return torch.cat(values)[:n]
+    if isinstance(first, tuple):
+        return tuple(_cat(list(parts), n) for parts in zip(*values))
+    return first
+
+
+def _concat_batches(parts: list[Batch], n: int) -> Batch:
+    side = {k: _cat([p.side[k] for p in parts], n) for k in parts[0].side}
+    return Batch(_cat([p.x for p in parts], n), _cat([p.y for p in parts], n), side)
+
+
+def _update_any(h: "hashlib._Hash", value: Any) -> None:
+    if torch.is_tensor(value):
+        _update(h, value)
+    elif isinstance(value, Mapping):
+        for k in sorted(value, key=str):
+            h.update(str(k).encode())
+            _update_any(h, value[k])
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            _update_any(h, v)
+    else:
+        h.update(repr(value).encode())
+
+
+def _update(h: "hashlib._Hash", t: Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(str((tuple(t.shape), str(t.dtype))).encode())
+    flat = t.reshape(-1)
+    if flat.numel() * flat.element_size() > (64 << 20):  # large: every k-th element suffices
+        flat = flat[:: max(1, flat.numel() // (16 << 20))].contiguous()
+    h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
