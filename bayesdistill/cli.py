@@ -817,28 +817,16 @@ def _students_figure(histories: dict[str, list[dict[str, float]]], reference: Op
     return fig
 
 
-#: Activation modules that end a hidden layer (the default feature taps of vid, pkt and hint).
-_ACTIVATIONS = ("ReLU", "LeakyReLU", "ReLU6", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Tanh", "Sigmoid",
-                "Softplus", "Hardtanh", "Hardswish", "PReLU")
-
-
 def _last_hidden(net: Any, what: str = "network") -> str:
-    """Module path of the network's last hidden representation: the last activation module before
-    the read-out (the last Linear/convolution or module with parameters), e.g. the ReLU before the
-    Flatten and Linear of the built-in networks."""
-    from torch import nn
+    """The default feature module of ``net`` (:func:`~bayesdistill.bnn.last_hidden_layer`), or a
+    one-line error when it has none."""
+    from .bnn.taps import last_hidden_layer
 
-    leaves = [(n, m) for n, m in net.named_modules() if n and not any(True for _ in m.children())]
-    # a BNN's network holds its weights as sample sites, not parameters: recognize layers by type
-    layer_types = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
-    readout = max((k for k, (_, m) in enumerate(leaves)
-                   if isinstance(m, layer_types) or any(True for _ in m.parameters(recurse=False))), default=None)
-    if readout is not None:
-        for n, m in reversed(leaves[:readout]):
-            if type(m).__name__ in _ACTIVATIONS:
-                return n
-    raise CLIError(f"the {what} has no activation module before its read-out to take features from; "
-                   "name the feature pairs with --vid-pairs TEACHER_MODULE:STUDENT_MODULE")
+    layer = last_hidden_layer(net)
+    if layer is None:
+        raise CLIError(f"the {what} has no activation module before its read-out to take features from; "
+                       "name the feature pairs with --vid-pairs TEACHER_MODULE:STUDENT_MODULE")
+    return layer
 
 
 def _default_pairs(teacher_net: Any, student_net: Any) -> dict[str, str]:
@@ -847,7 +835,7 @@ def _default_pairs(teacher_net: Any, student_net: Any) -> dict[str, str]:
 
 def _check_pairs(teacher_net: Any, student_net: Any, pairs: dict[str, str]) -> None:
     """One-line errors for module paths that do not exist (before anything is trained)."""
-    from .distill import FeatureTaps
+    from .bnn.taps import FeatureTaps
 
     FeatureTaps(teacher_net, list(pairs), "teacher")
     FeatureTaps(student_net, list(pairs.values()), "student")
@@ -882,13 +870,6 @@ def _cosine_figure(models: list[tuple[str, Any, Optional[str]]], test: Any, seed
     return fig, summary
 
 
-def _safe_last_hidden(net: Any) -> Optional[str]:
-    try:
-        return _last_hidden(net)
-    except CLIError:
-        return None  # the network output (logits) then
-
-
 def _term_summary(history: list[dict[str, float]]) -> dict[str, float]:
     """The last epoch's distillation columns (term losses, VID log q and bounds)."""
     from .diagnostics.plots import _TERM_COLUMN, _VID_PAIR_COLUMN
@@ -909,6 +890,7 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
     import bayesdistill as bd
 
+    from .bnn.taps import last_hidden_layer
     from .diagnostics import plots
     from .distill import pruning
 
@@ -1113,9 +1095,9 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
                                     results["teacher"], title=f"distilled (--method {','.join(methods)}) vs plain student"),
                    out / "students.png")
     if data.task == "classification":
-        s_layer = _safe_last_hidden(student_net)
+        s_layer = last_hidden_layer(student_net)
         fig, metrics["cosine"] = _cosine_figure(
-            [(f"teacher {meta['model']}", teacher, _safe_last_hidden(teacher.net)),
+            [(f"teacher {meta['model']}", teacher, last_hidden_layer(teacher.net)),
              (f"plain {cfg['student']}", plain, s_layer),
              (f"distilled {cfg['student']} ({','.join(methods)})", distilled, s_layer)],
             data.test, cfg["seed"], f"{data.name} test pairs: cosine distances of the last hidden representations "
@@ -1182,6 +1164,7 @@ def run_function_space_demo(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
     import bayesdistill as bd
 
+    from .bnn.taps import last_hidden_layer
     from .diagnostics import plots
 
     t_start = time.perf_counter()
@@ -1238,9 +1221,9 @@ def run_function_space_demo(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         plots.save(plots.vid_bounds(students[vid_names[-1]][1],
                                     labels=[f"teacher {t} -> student {s}" for t, s in pairs.items()]),
                    out / "vid_bounds.png")
-    s_layer = _safe_last_hidden(student_net)
+    s_layer = last_hidden_layer(student_net)
     fig, cosine = _cosine_figure(
-        [(f"teacher {meta['model']}", teacher, _safe_last_hidden(teacher.net))]
+        [(f"teacher {meta['model']}", teacher, last_hidden_layer(teacher.net))]
         + [(name, bnn, s_layer) for name, (bnn, _, _) in students.items()],
         data.test, cfg["seed"], f"{data.name} test pairs: cosine distances of the last hidden representations "
         "(posterior-mean networks; vertical lines: means)")
