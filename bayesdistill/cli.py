@@ -501,7 +501,7 @@ def run_fit(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
     import bayesdistill as bd
 
-    from .diagnostics import plots
+    from .diagnostics import calibration, plots
 
     t_start = time.perf_counter()
     quiet = bool(cfg["quiet"])
@@ -582,8 +582,9 @@ def run_fit(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
     if result.history:
         plots.save(plots.elbo(result), out / "elbo.png")
-    plots.save(plots.calibration(bnn, data.test, num_samples=cfg["num_samples"], seed=cfg["seed"],
-                                 title=f"{cfg['model']} on {data.name}"), out / "calibration.png")
+    cal = calibration(bnn, data.test, num_samples=cfg["num_samples"], seed=cfg["seed"])
+    metrics["calibration"] = cal.to_dict()
+    plots.save(plots.calibration(cal, title=f"{cfg['model']} on {data.name}"), out / "calibration.png")
     plots.save(plots.snr_histogram(q), out / "snr.png")
     metrics["wall_time_s"] = time.perf_counter() - t_start
     _write_json(metrics, out / "metrics.json")
@@ -786,37 +787,6 @@ def _compare_table(columns: dict[str, dict[str, Any]], title: str) -> str:
     return "\n".join(lines)
 
 
-def _students_figure(histories: dict[str, list[dict[str, float]]], reference: Optional[dict[str, float]] = None,
-                     title: str = "distilled (aligned-teacher prior) vs plain student"):
-    """Test accuracy (or RMSE) and NLL per epoch of each student (the eval_* columns of --monitor);
-    ``reference``: the teacher's test metrics, drawn as dashed horizontal lines."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(11.0, 4.2), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    metric = "eval_accuracy" if any("eval_accuracy" in r for h in histories.values() for r in h) else "eval_rmse"
-    for i, (name, rows) in enumerate(histories.items()):
-        for ax, key in ((left, metric), (right, "eval_nll")):
-            pts = [(r["epoch"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-            if pts:
-                ax.plot(*zip(*pts), color=f"C{i}", label=name)
-    left.set_ylabel("test accuracy" if metric == "eval_accuracy" else "test RMSE (target units)")
-    right.set_ylabel("test NLL (nats per example)")
-    if reference:
-        for ax, key in ((left, metric[len("eval_"):]), (right, "nll")):
-            if key in reference:
-                ax.axhline(reference[key], color="0.4", ls="--", lw=1, label="teacher")
-    for ax, t in ((left, metric[len("eval_"):]), (right, "NLL")):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_title(f"test {t} per epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best")
-    fig.suptitle(title)
-    return fig
-
-
 def _last_hidden(net: Any, what: str = "network") -> str:
     """The default feature module of ``net`` (:func:`~bayesdistill.bnn.last_hidden_layer`), or a
     one-line error when it has none."""
@@ -860,22 +830,41 @@ def _fs_terms(methods: Sequence[str], teacher: Any, pairs: Optional[dict[str, st
 
 
 def _cosine_figure(models: list[tuple[str, Any, Optional[str]]], test: Any, seed: int, title: str):
-    from .diagnostics import plots
+    """The cosine distances of ``models`` on ``test`` (bd.diagnostics.cosine_distances), their
+    figure and their per-model numbers for metrics.json."""
+    from .diagnostics import cosine_distances, plots
 
-    fig = plots.cosine_distances(models, test, seed=seed, title=title)
-    summary = {name: {"layer": r["layer"], "mean_similar": float(r["similar"].mean()),
-                      "mean_dissimilar": float(r["dissimilar"].mean()), "separation_auc": r["auc"],
-                      "num_similar": int(r["similar"].numel()), "num_dissimilar": int(r["dissimilar"].numel())}
-               for name, r in fig.distances.items()}
-    return fig, summary
+    result = cosine_distances(models, test, seed=seed)
+    return plots.cosine_distances(result, title=title), result.to_dict()["models"]
 
 
 def _term_summary(history: list[dict[str, float]]) -> dict[str, float]:
-    """The last epoch's distillation columns (term losses, VID log q and bounds)."""
-    from .diagnostics.plots import _TERM_COLUMN, _VID_PAIR_COLUMN
-
+    """The last epoch's distillation-term columns (``distill/<term>/<metric>``: losses, VID log q
+    and bounds, ... of whatever terms were trained)."""
     last = history[-1] if history else {}
-    return {k: v for k, v in last.items() if _TERM_COLUMN.match(k) or _VID_PAIR_COLUMN.match(k)}
+    return {k: v for k, v in last.items() if k.startswith("distill/")}
+
+
+def _distill_history(history: list[dict[str, float]], terms: Sequence[Any]) -> list[dict[str, float]]:
+    """``history`` with the columns of ``terms`` named ``distill/<term>/<metric>``.
+
+    Transitional, until the training engine names them so itself: today ``bd.fit`` records a
+    term's loss as ``<term name>`` and its per-pair metrics as ``<term name>.<i>.<metric>``
+    (VID's ``vid.0.log_q``, ``vid.0.mi_bound``). A history already in the new convention
+    passes through unchanged.
+    """
+    names = [t.name for t in terms]
+    renamed: dict[str, str] = {}
+    for key in dict.fromkeys(k for row in history for k in row):
+        if key in names:
+            renamed[key] = f"distill/{key}/loss"
+            continue
+        for n in names:
+            pair, _, metric = key[len(n) + 1:].partition(".")
+            if key.startswith(n + ".") and pair.isdigit() and metric:
+                renamed[key] = f"distill/{n}/pair{pair}/{metric}"
+                break
+    return [{renamed.get(k, k): v for k, v in row.items()} for row in history]
 
 
 def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -1048,6 +1037,7 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     config["device"] = str(device)
     config["method"] = list(methods)
     fs_info: Optional[dict[str, Any]] = None
+    distilled_history = _distill_history(res_distilled.history, terms)
     if terms:
         fd = {**FUNCTION_SPACE_DEFAULTS, **{k: cfg[k] for k in FUNCTION_SPACE_DEFAULTS if cfg.get(k) is not None}}
         fs_info = {
@@ -1055,7 +1045,7 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
             "pairs": pairs,
             "settings": {k: fd[k] for k in FUNCTION_SPACE_DEFAULTS if k.split("_")[0] in fs_methods},
             "transfer_size": len(x_transfer) if x_transfer is not None else 0,
-            "final": _term_summary(res_distilled.history),
+            "final": _term_summary(distilled_history),
         }
     metrics: dict[str, Any] = {
         "dataset": data.name,
@@ -1086,13 +1076,14 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         else:
             (out / fname).write_text("epoch\n")
     if res_distilled.history:
-        plots.save(plots.elbo(res_distilled), out / "elbo.png")
+        plots.save(plots.elbo(distilled_history), out / "elbo.png")
         if "vid" in fs_methods:
-            plots.save(plots.vid_bounds(res_distilled, labels=[f"teacher {t} -> student {s}" for t, s in pairs.items()]),
+            plots.save(plots.vid_bounds(distilled_history, labels=[f"teacher {t} -> student {s}" for t, s in pairs.items()]),
                        out / "vid_bounds.png")
     if cfg["monitor"] and res_distilled.history:
-        plots.save(_students_figure({"distilled": res_distilled.history, "plain": res_plain.history},
-                                    results["teacher"], title=f"distilled (--method {','.join(methods)}) vs plain student"),
+        plots.save(plots.learning_curves({"distilled": res_distilled.history, "plain": res_plain.history},
+                                         results["teacher"],
+                                         title=f"distilled (--method {','.join(methods)}) vs plain student"),
                    out / "students.png")
     if data.task == "classification":
         s_layer = last_hidden_layer(student_net)
@@ -1185,6 +1176,7 @@ def run_function_space_demo(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     _say(quiet, f"function space: teacher {meta['model']} -> Bayesian {student_name} students on {len(data.train)} "
          f"training examples, {cfg['epochs']} epochs each: {', '.join(cfg['variants'])}")
     students: dict[str, Any] = {}
+    term_histories: dict[str, list[dict[str, float]]] = {}  # the histories with distill/<term>/<metric> columns
     results: dict[str, Any] = {}
     ev = dict(num_samples=cfg["num_samples"], seed=cfg["seed"])
     for name, methods in cfg["variants"].items():
@@ -1194,13 +1186,14 @@ def run_function_space_demo(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         _say(quiet, f"training the {name} student" + (f" (terms {', '.join(t.name for t in terms)})" if terms else ""))
         res = bd.fit(bnn, data.train, **fit_kw, **({"distill": terms} if terms else {}))
         students[name] = (bnn, res, list(methods))
+        term_histories[name] = _distill_history(res.history, terms)
         results[name] = {
             "methods": list(methods),
             "test": bd.evaluate(bnn, data.test, **ev),
             "num_weights": bnn.num_weights,
             "epochs_trained": len(res.history),
             "train_time_s": float(sum(r.get("time_s", 0.0) for r in res.history)),
-            "final_terms": _term_summary(res.history),
+            "final_terms": _term_summary(term_histories[name]),
         }
         if res.history:
             res.to_csv(out / f"history_{name}.csv")
@@ -1209,16 +1202,17 @@ def run_function_space_demo(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     teacher_test = bd.evaluate(teacher, data.test, **ev)
     histories = {name: r.history for name, (_, r, _) in students.items()}
     if all(histories.values()):
-        plots.save(_students_figure(histories, teacher_test,
-                                    title=f"teacher {meta['model']} -> Bayesian {student_name} students (function space)"),
+        plots.save(plots.learning_curves(histories, teacher_test,
+                                         title=f"teacher {meta['model']} -> Bayesian {student_name} students "
+                                         "(function space)"),
                    out / "students.png")
     vid_names = [n for n, (_, r, m) in students.items() if "vid" in m and r.history]
     last_distilled = vid_names[-1] if vid_names else next((n for n, (_, r, m) in students.items() if m and r.history),
                                                             None)
     if last_distilled is not None:
-        plots.save(plots.elbo(students[last_distilled][1]), out / "elbo.png")
+        plots.save(plots.elbo(term_histories[last_distilled]), out / "elbo.png")
     if vid_names:
-        plots.save(plots.vid_bounds(students[vid_names[-1]][1],
+        plots.save(plots.vid_bounds(term_histories[vid_names[-1]],
                                     labels=[f"teacher {t} -> student {s}" for t, s in pairs.items()]),
                    out / "vid_bounds.png")
     s_layer = last_hidden_layer(student_net)

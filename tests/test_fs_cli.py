@@ -69,7 +69,7 @@ def test_kd_vid_cnn_to_mlp_writes_all_artefacts(kd_vid: Path) -> None:
     # the default pair: the teacher's ReLU before the Flatten -> the student's last hidden ReLU
     assert fs["pairs"] == {"6": "4"} and fs["terms"] == ["kd", "vid"] and fs["transfer_size"] == 0
     assert fs["settings"] == {k: FUNCTION_SPACE_DEFAULTS[k] for k in ("kd_temperature", "kd_weight", "vid_weight")}
-    assert set(fs["final"]) >= {"kd", "vid", "vid.0.mi_bound"}
+    assert set(fs["final"]) >= {"distill/kd/loss", "distill/vid/loss", "distill/vid/pair0/mi_bound"}
     for key in ("teacher", "distilled", "plain"):
         assert 0.0 <= m[key]["test"]["accuracy"] <= 1.0 and m[key]["test"]["num_samples"] == 2
     assert m["distilled"]["num_weights"] == m["plain"]["num_weights"] == 40 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10
@@ -183,3 +183,19 @@ def test_last_hidden_finds_the_feature_modules() -> None:
 
     with pytest.raises(cli.CLIError, match="--vid-pairs"):
         cli._last_hidden(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)))
+
+
+def test_distill_history_names_the_terms_columns() -> None:
+    """Until the engine names them itself, the CLI renames the trained terms' history columns to
+    distill/<term>/<metric> (what the plots and metrics.json read); new-style histories pass."""
+    from types import SimpleNamespace
+
+    terms = [SimpleNamespace(name=n) for n in ("vid", "kd", "kd1", "pkt.2")]
+    old = [{"epoch": 1, "elbo": -1.0, "vid": 2.0, "vid.0.log_q": -3.0, "vid.0.mi_bound": 4.0, "vid.1.mi_bound": 5.0,
+            "kd": 0.1, "kd1": 0.2, "pkt.2": 0.3, "eval_nll": 0.4, "intermediate_weight": 0.5}]
+    new = cli._distill_history(old, terms)
+    assert new == [{"epoch": 1, "elbo": -1.0, "distill/vid/loss": 2.0, "distill/vid/pair0/log_q": -3.0,
+                    "distill/vid/pair0/mi_bound": 4.0, "distill/vid/pair1/mi_bound": 5.0, "distill/kd/loss": 0.1,
+                    "distill/kd1/loss": 0.2, "distill/pkt.2/loss": 0.3, "eval_nll": 0.4, "intermediate_weight": 0.5}]
+    assert cli._distill_history(new, terms) == new
+    assert cli._term_summary(new) == {k: v for k, v in new[0].items() if k.startswith("distill/")}
