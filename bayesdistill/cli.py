@@ -508,7 +508,7 @@ def run_fit(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
     import bayesdistill as bd
 
-    from .diagnostics import plots
+    from .diagnostics import calibration, plots
 
     t_start = time.perf_counter()
     quiet = bool(cfg["quiet"])
@@ -590,8 +590,9 @@ def run_fit(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
     if result.history:
         plots.save(plots.elbo(result), out / "elbo.png")
-    plots.save(plots.calibration(bnn, data.test, num_samples=cfg["num_samples"], seed=cfg["seed"],
-                                 title=f"{cfg['model']} on {data.name}"), out / "calibration.png")
+    cal = calibration(bnn, data.test, num_samples=cfg["num_samples"], seed=cfg["seed"])
+    metrics["calibration"] = cal.to_dict()
+    plots.save(plots.calibration(cal, title=f"{cfg['model']} on {data.name}"), out / "calibration.png")
     plots.save(plots.snr_histogram(q), out / "snr.png")
     metrics["wall_time_s"] = time.perf_counter() - t_start
     _write_json(metrics, out / "metrics.json")
@@ -794,59 +795,16 @@ def _compare_table(columns: dict[str, dict[str, Any]], title: str) -> str:
     return "\n".join(lines)
 
 
-def _students_figure(histories: dict[str, list[dict[str, float]]], reference: Optional[dict[str, float]] = None,
-                     title: str = "distilled (aligned-teacher prior) vs plain student"):
-    """Test accuracy (or RMSE) and NLL per epoch of each student (the eval_* columns of --monitor);
-    ``reference``: the teacher's test metrics, drawn as dashed horizontal lines."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(11.0, 4.2), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    metric = "eval_accuracy" if any("eval_accuracy" in r for h in histories.values() for r in h) else "eval_rmse"
-    for i, (name, rows) in enumerate(histories.items()):
-        for ax, key in ((left, metric), (right, "eval_nll")):
-            pts = [(r["epoch"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-            if pts:
-                ax.plot(*zip(*pts), color=f"C{i}", label=name)
-    left.set_ylabel("test accuracy" if metric == "eval_accuracy" else "test RMSE (target units)")
-    right.set_ylabel("test NLL (nats per example)")
-    if reference:
-        for ax, key in ((left, metric[len("eval_"):]), (right, "nll")):
-            if key in reference:
-                ax.axhline(reference[key], color="0.4", ls="--", lw=1, label="teacher")
-    for ax, t in ((left, metric[len("eval_"):]), (right, "NLL")):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_title(f"test {t} per epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best")
-    fig.suptitle(title)
-    return fig
-
-
-#: Activation modules that end a hidden layer (the default feature taps of vid, pkt and hint).
-_ACTIVATIONS = ("ReLU", "LeakyReLU", "ReLU6", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Tanh", "Sigmoid",
-                "Softplus", "Hardtanh", "Hardswish", "PReLU")
-
-
 def _last_hidden(net: Any, what: str = "network") -> str:
-    """Module path of the network's last hidden representation: the last activation module before
-    the read-out (the last Linear/convolution or module with parameters), e.g. the ReLU before the
-    Flatten and Linear of the built-in networks."""
-    from torch import nn
+    """The default feature module of ``net`` (:func:`~bayesdistill.bnn.last_hidden_layer`), or a
+    one-line error when it has none."""
+    from .bnn.taps import last_hidden_layer
 
-    leaves = [(n, m) for n, m in net.named_modules() if n and not any(True for _ in m.children())]
-    # a BNN's network holds its weights as sample sites, not parameters: recognize layers by type
-    layer_types = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
-    readout = max((k for k, (_, m) in enumerate(leaves)
-                   if isinstance(m, layer_types) or any(True for _ in m.parameters(recurse=False))), default=None)
-    if readout is not None:
-        for n, m in reversed(leaves[:readout]):
-            if type(m).__name__ in _ACTIVATIONS:
-                return n
-    raise CLIError(f"the {what} has no activation module before its read-out to take features from; "
-                   "name the feature pairs with --vid-pairs TEACHER_MODULE:STUDENT_MODULE")
+    layer = last_hidden_layer(net)
+    if layer is None:
+        raise CLIError(f"the {what} has no activation module before its read-out to take features from; "
+                       "name the feature pairs with --vid-pairs TEACHER_MODULE:STUDENT_MODULE")
+    return layer
 
 
 def _default_pairs(teacher_net: Any, student_net: Any) -> dict[str, str]:
@@ -855,7 +813,7 @@ def _default_pairs(teacher_net: Any, student_net: Any) -> dict[str, str]:
 
 def _check_pairs(teacher_net: Any, student_net: Any, pairs: dict[str, str]) -> None:
     """One-line errors for module paths that do not exist (before anything is trained)."""
-    from .distill import FeatureTaps
+    from .bnn.taps import FeatureTaps
 
     FeatureTaps(teacher_net, list(pairs), "teacher")
     FeatureTaps(student_net, list(pairs.values()), "student")
@@ -880,29 +838,19 @@ def _fs_terms(methods: Sequence[str], teacher: Any, pairs: Optional[dict[str, st
 
 
 def _cosine_figure(models: list[tuple[str, Any, Optional[str]]], test: Any, seed: int, title: str):
-    from .diagnostics import plots
+    """The cosine distances of ``models`` on ``test`` (bd.diagnostics.cosine_distances), their
+    figure and their per-model numbers for metrics.json."""
+    from .diagnostics import cosine_distances, plots
 
-    fig = plots.cosine_distances(models, test, seed=seed, title=title)
-    summary = {name: {"layer": r["layer"], "mean_similar": float(r["similar"].mean()),
-                      "mean_dissimilar": float(r["dissimilar"].mean()), "separation_auc": r["auc"],
-                      "num_similar": int(r["similar"].numel()), "num_dissimilar": int(r["dissimilar"].numel())}
-               for name, r in fig.distances.items()}
-    return fig, summary
-
-
-def _safe_last_hidden(net: Any) -> Optional[str]:
-    try:
-        return _last_hidden(net)
-    except CLIError:
-        return None  # the network output (logits) then
+    result = cosine_distances(models, test, seed=seed)
+    return plots.cosine_distances(result, title=title), result.to_dict()["models"]
 
 
 def _term_summary(history: list[dict[str, float]]) -> dict[str, float]:
-    """The last epoch's distillation columns (term losses, VID log q and bounds)."""
-    from .diagnostics.plots import _TERM_COLUMN, _VID_PAIR_COLUMN
-
+    """The last epoch's distillation-term columns (``distill/<term>/<metric>``: losses, VID log q
+    and bounds, ... of whatever terms were trained)."""
     last = history[-1] if history else {}
-    return {k: v for k, v in last.items() if _TERM_COLUMN.match(k) or _VID_PAIR_COLUMN.match(k)}
+    return {k: v for k, v in last.items() if k.startswith("distill/")}
 
 
 def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -917,6 +865,7 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
     import bayesdistill as bd
 
+    from .bnn.taps import last_hidden_layer
     from .diagnostics import plots
     from .distill import pruning
 
@@ -1074,6 +1023,7 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     config["device"] = str(device)
     config["method"] = list(methods)
     fs_info: Optional[dict[str, Any]] = None
+    distilled_history = res_distilled.history
     if terms:
         fd = {**FUNCTION_SPACE_DEFAULTS, **{k: cfg[k] for k in FUNCTION_SPACE_DEFAULTS if cfg.get(k) is not None}}
         fs_info = {
@@ -1081,7 +1031,7 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
             "pairs": pairs,
             "settings": {k: fd[k] for k in FUNCTION_SPACE_DEFAULTS if k.split("_")[0] in fs_methods},
             "transfer_size": len(x_transfer) if x_transfer is not None else 0,
-            "final": _term_summary(res_distilled.history),
+            "final": _term_summary(distilled_history),
         }
     metrics: dict[str, Any] = {
         "dataset": data.name,
@@ -1112,18 +1062,19 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         else:
             (out / fname).write_text("epoch\n")
     if res_distilled.history:
-        plots.save(plots.elbo(res_distilled), out / "elbo.png")
+        plots.save(plots.elbo(distilled_history), out / "elbo.png")
         if "vid" in fs_methods:
-            plots.save(plots.vid_bounds(res_distilled, labels=[f"teacher {t} -> student {s}" for t, s in pairs.items()]),
+            plots.save(plots.vid_bounds(distilled_history, labels=[f"teacher {t} -> student {s}" for t, s in pairs.items()]),
                        out / "vid_bounds.png")
     if cfg["monitor"] and res_distilled.history:
-        plots.save(_students_figure({"distilled": res_distilled.history, "plain": res_plain.history},
-                                    results["teacher"], title=f"distilled (--method {','.join(methods)}) vs plain student"),
+        plots.save(plots.learning_curves({"distilled": res_distilled.history, "plain": res_plain.history},
+                                         results["teacher"],
+                                         title=f"distilled (--method {','.join(methods)}) vs plain student"),
                    out / "students.png")
     if data.task == "classification":
-        s_layer = _safe_last_hidden(student_net)
+        s_layer = last_hidden_layer(student_net)
         fig, metrics["cosine"] = _cosine_figure(
-            [(f"teacher {meta['model']}", teacher, _safe_last_hidden(teacher.net)),
+            [(f"teacher {meta['model']}", teacher, last_hidden_layer(teacher.net)),
              (f"plain {cfg['student']}", plain, s_layer),
              (f"distilled {cfg['student']} ({','.join(methods)})", distilled, s_layer)],
             data.test, cfg["seed"], f"{data.name} test pairs: cosine distances of the last hidden representations "
@@ -1190,6 +1141,7 @@ def run_function_space_demo(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
     import bayesdistill as bd
 
+    from .bnn.taps import last_hidden_layer
     from .diagnostics import plots
 
     t_start = time.perf_counter()
@@ -1210,6 +1162,7 @@ def run_function_space_demo(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     _say(quiet, f"function space: teacher {meta['model']} -> Bayesian {student_name} students on {len(data.train)} "
          f"training examples, {cfg['epochs']} epochs each: {', '.join(cfg['variants'])}")
     students: dict[str, Any] = {}
+    term_histories: dict[str, list[dict[str, float]]] = {}  # the histories with distill/<term>/<metric> columns
     results: dict[str, Any] = {}
     ev = dict(num_samples=cfg["num_samples"], seed=cfg["seed"])
     for name, methods in cfg["variants"].items():
@@ -1219,13 +1172,14 @@ def run_function_space_demo(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         _say(quiet, f"training the {name} student" + (f" (terms {', '.join(t.name for t in terms)})" if terms else ""))
         res = bd.fit(bnn, data.train, **fit_kw, **({"distill": terms} if terms else {}))
         students[name] = (bnn, res, list(methods))
+        term_histories[name] = res.history
         results[name] = {
             "methods": list(methods),
             "test": bd.evaluate(bnn, data.test, **ev),
             "num_weights": bnn.num_weights,
             "epochs_trained": len(res.history),
             "train_time_s": float(sum(r.get("time_s", 0.0) for r in res.history)),
-            "final_terms": _term_summary(res.history),
+            "final_terms": _term_summary(term_histories[name]),
         }
         if res.history:
             res.to_csv(out / f"history_{name}.csv")
@@ -1234,21 +1188,22 @@ def run_function_space_demo(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     teacher_test = bd.evaluate(teacher, data.test, **ev)
     histories = {name: r.history for name, (_, r, _) in students.items()}
     if all(histories.values()):
-        plots.save(_students_figure(histories, teacher_test,
-                                    title=f"teacher {meta['model']} -> Bayesian {student_name} students (function space)"),
+        plots.save(plots.learning_curves(histories, teacher_test,
+                                         title=f"teacher {meta['model']} -> Bayesian {student_name} students "
+                                         "(function space)"),
                    out / "students.png")
     vid_names = [n for n, (_, r, m) in students.items() if "vid" in m and r.history]
     last_distilled = vid_names[-1] if vid_names else next((n for n, (_, r, m) in students.items() if m and r.history),
                                                             None)
     if last_distilled is not None:
-        plots.save(plots.elbo(students[last_distilled][1]), out / "elbo.png")
+        plots.save(plots.elbo(term_histories[last_distilled]), out / "elbo.png")
     if vid_names:
-        plots.save(plots.vid_bounds(students[vid_names[-1]][1],
+        plots.save(plots.vid_bounds(term_histories[vid_names[-1]],
                                     labels=[f"teacher {t} -> student {s}" for t, s in pairs.items()]),
                    out / "vid_bounds.png")
-    s_layer = _safe_last_hidden(student_net)
+    s_layer = last_hidden_layer(student_net)
     fig, cosine = _cosine_figure(
-        [(f"teacher {meta['model']}", teacher, _safe_last_hidden(teacher.net))]
+        [(f"teacher {meta['model']}", teacher, last_hidden_layer(teacher.net))]
         + [(name, bnn, s_layer) for name, (bnn, _, _) in students.items()],
         data.test, cfg["seed"], f"{data.name} test pairs: cosine distances of the last hidden representations "
         "(posterior-mean networks; vertical lines: means)")

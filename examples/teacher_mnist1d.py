@@ -15,8 +15,9 @@ What it does:
    ``history.csv``, ``elbo.png`` (ELBO and its parts per epoch) and ``calibration.png``
    (reliability diagram of the predictive probabilities).
 
-The plots are drawn with matplotlib directly from ``result.history`` and from
-``bd.diagnostics.calibration_curve``.
+The plots are drawn with matplotlib directly, to show what goes into them, from
+``result.history`` and from the ``CalibrationResult`` of ``bd.diagnostics.calibration``
+(``bd.plots.elbo(result)`` and ``bd.plots.calibration(cal)`` draw the same results ready-made).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import bayesdistill as bd  # noqa: E402
@@ -64,17 +66,14 @@ def plot_elbo(history: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_calibration(curve: dict[str, torch.Tensor], ece: float, path: Path) -> None:
+def plot_calibration(cal: bd.diagnostics.CalibrationResult, path: Path) -> None:
     """Reliability diagram: accuracy vs confidence per bin, with the count of each bin below.
 
-    ``calibration_curve`` returns ``n_bins + 1`` buckets; the last one holds confidences of
-    exactly 1.0 and is drawn as a thin bar at 1.0.
+    The result holds ``n_bins + 1`` buckets; the last one holds confidences of exactly 1.0 and
+    is drawn as a thin bar at 1.0.
     """
-    lower = curve["bin_lower"].cpu().numpy()
-    upper = curve["bin_upper"].cpu().numpy()
-    acc = curve["accuracy"].cpu().numpy()
-    conf = curve["confidence"].cpu().numpy()
-    count = curve["count"].cpu().numpy()
+    lower, upper = np.array(cal.bin_lower), np.array(cal.bin_upper)
+    acc, conf, count = np.array(cal.accuracy), np.array(cal.confidence), np.array(cal.count)
     width = upper - lower
     width[width == 0] = 0.01  # the degenerate [1.0, 1.0] bucket
     keep = count > 0
@@ -84,7 +83,7 @@ def plot_calibration(curve: dict[str, torch.Tensor], ece: float, path: Path) -> 
     ax1.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax1.bar(lower[keep], acc[keep], width=width[keep], align="edge", edgecolor="k", alpha=0.7, label="accuracy")
     ax1.plot(conf[keep], acc[keep], "o", color="C3", ms=4, label="(mean confidence, accuracy)")
-    ax1.set(ylabel="accuracy", xlim=(0, 1.02), ylim=(0, 1), title=f"reliability diagram (ECE = {ece:.3f})")
+    ax1.set(ylabel="accuracy", xlim=(0, 1.02), ylim=(0, 1), title=f"reliability diagram (ECE = {cal.ece:.3f})")
     ax1.legend(loc="upper left")
     ax2.bar(lower, count, width=width, align="edge", edgecolor="k", color="C7")
     ax2.set(xlabel="confidence (top-1 predictive probability)", ylabel="examples")
@@ -143,10 +142,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         json.dump({k: (v if math.isfinite(v) else None) for k, v in metrics.items()}, fh, indent=2)
 
     plot_elbo(result.history, args.out / "elbo.png")
-    logits, targets = bd.predict(teacher, data.test, num_samples=num_samples, seed=args.seed)
-    probs = logits.softmax(-1).mean(0)  # the posterior predictive p(y|x, D), [N, C]
-    curve = bd.diagnostics.calibration_curve(probs, targets, n_bins=15)
-    plot_calibration(curve, metrics["ece"], args.out / "calibration.png")
+    # the reliability curve of the posterior predictive p(y|x, D) (mean of S softmax outputs),
+    # with the bins and the ECE of bd.evaluate
+    cal = bd.diagnostics.calibration(teacher, data.test, num_samples=num_samples, seed=args.seed, n_bins=15)
+    plot_calibration(cal, args.out / "calibration.png")
 
     print(f"wrote {', '.join(sorted(p.name for p in args.out.iterdir()))} to {args.out}")
     return metrics

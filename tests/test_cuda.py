@@ -161,7 +161,7 @@ def test_non_finite_loss_on_device(device, monkeypatch):
 @pytest.mark.parametrize("device", DEVICES)
 def test_plots_of_a_network_on_device(device):
     """The diagnostics accept networks and posteriors that live on the device (the regression
-    coverage plot once compared CUDA errors with CPU levels)."""
+    coverage once compared CUDA errors with CPU levels), and their results plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,13 +171,17 @@ def test_plots_of_a_network_on_device(device):
 
     x, y = toy_regression(32)
     reg = bd.BNN(tiny_mlp(out_dim=2), likelihood=bd.likelihoods.Normal(scale=0.3), dataset_size=32).to(device)
-    figs = [bd.plots.calibration(reg, (x, y), num_samples=3, seed=0), bd.plots.snr_histogram(reg)]
-    assert 0.0 <= figs[0].coverage_error <= 1.0
+    coverage = bd.diagnostics.calibration(reg, (x, y), num_samples=3, seed=0)
+    assert 0.0 <= coverage.coverage_error <= 1.0
+    figs = [bd.plots.calibration(coverage), bd.plots.snr_histogram(reg)]
     xc, yc = toy_classification(32)
     clf = bd.BNN(tiny_mlp(), dataset_size=32).to(device)
-    figs.append(bd.plots.calibration(clf, (xc, yc), num_samples=3, seed=0))
-    assert 0.0 <= figs[-1].ece <= 1.0
+    reliability = bd.diagnostics.calibration(clf, (xc, yc), num_samples=3, seed=0)
+    assert 0.0 <= reliability.ece <= 1.0
+    figs.append(bd.plots.calibration(reliability))
     figs.append(bd.plots.snr_histogram(clf.posterior()))
-    figs.append(bd.plots.cosine_distances([("student", clf, "1")], (xc, yc), max_pairs=50))
+    distances = bd.diagnostics.cosine_distances([("student", clf, "1")], (xc, yc), max_pairs=50)
+    assert distances["student"].num_similar + distances["student"].num_dissimilar == 50
+    figs.append(bd.plots.cosine_distances(distances))
     for f in figs:
         plt.close(f)

@@ -389,25 +389,7 @@ def test_gradients_reach_regressors_projections_and_student():
 
 
 # ----------------------------------------------------------------------------- 6. feature taps
-def test_feature_taps_capture_by_path_and_remove_hooks():
-    net = tiny_conv1d(length=12, channels=4, seed=0)
-    x, _ = conv_data(4)
-    with FeatureTaps(net, ["0", "1", "3"]) as taps:
-        out = net(x)
-    torch.testing.assert_close(taps.features["0"], net[0](x))
-    torch.testing.assert_close(taps.features["1"], torch.relu(net[0](x)))
-    torch.testing.assert_close(taps.features["3"], out)
-    assert all(not m._forward_hooks for m in net.modules())
-
-
-def test_feature_taps_wrong_path_names_it_and_lists_paths():
-    net = tiny_mlp()
-    with pytest.raises(KeyError) as err:
-        FeatureTaps(net, ["0", "fc9"], "student")
-    msg = str(err.value)
-    assert "'fc9'" in msg and "student" in msg and "0, 1, 2" in msg
-
-
+# (FeatureTaps itself: tests/bnn/test_taps.py)
 @pytest.mark.parametrize("side", ["student", "teacher"])
 def test_distill_objective_rejects_wrong_paths_before_training(side):
     x, y = toy_classification(16)

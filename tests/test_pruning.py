@@ -1,4 +1,5 @@
-"""Tests for bayesdistill.distill.pruning (narrow, pruning_curve) and the alignment plots."""
+"""Tests for bayesdistill.distill.pruning (narrow, pruning_curve) and the alignment plots
+(the pruning-curve plot is tested in tests/diagnostics/test_plots.py)."""
 
 from __future__ import annotations
 
@@ -227,30 +228,4 @@ def test_alignment_plot_identity_plan(cnn_plan):
     assert len(fig.axes[0].lines) == 0 and "no unit was removed" in fig.axes[0].texts[0].get_text()
 
 
-def test_pruning_curve_plot_overlays_curves(cnn_plan):
-    _, teacher, (x, y) = cnn_plan
-    curves = [
-        pruning_curve(teacher, (x, y), fractions=(0.0, 0.5), num_samples=4),
-        pruning_curve(teacher, (x, y), fractions=(0.0, 0.5), num_samples=4, compensation=True, probe=x),
-    ]
-    fig = plots.pruning_curve(curves)
-    assert isinstance(fig, Figure) and len(fig.axes) == 2
-    left, right = fig.axes
-    assert len(left.lines) == 2 and len(right.lines) == 2
-    assert list(left.lines[1].get_ydata()) == curves[1]["accuracy"]
-    assert list(right.lines[0].get_ydata()) == curves[0]["nll"]
-    assert left.lines[0].get_linestyle() == "--" and left.lines[1].get_linestyle() == "-"
-    assert "accuracy" in left.get_ylabel() and "NLL" in right.get_ylabel()
-    assert fig.curves[0]["fraction"] == [0.0, 0.5]
-    # a single dict, and computed from the teacher (criteria x compensation settings)
-    assert len(plots.pruning_curve(curves[0]).axes[0].lines) == 1
-    fig = plots.pruning_curve(teacher, (x, y), criterion=["snr", "random"], fractions=(0.0, 0.5),
-                              num_samples=4, compensation=[False, True], probe=x)
-    assert len(fig.axes[0].lines) == 4
-    assert {c["criterion"] for c in fig.curves} == {"snr", "random"}
-    with pytest.raises(ValueError, match="metrics"):
-        plots.pruning_curve([curves[0], {"fraction": [0.0], "rmse": [1.0], "nll": [1.0], "metric": "rmse"}])
-    with pytest.raises(TypeError):
-        plots.pruning_curve(teacher)  # no data
-    with pytest.raises(TypeError):
-        plots.pruning_curve(42)
+# (the pruning-curve plot: tests/diagnostics/test_plots.py)

@@ -4,6 +4,7 @@ from . import likelihoods, priors
 from .local_reparam import LocalReparameterization, local_reparameterization
 from .network import BAYESIAN_LAYERS, BNN, NORM_LAYERS
 from .posterior import MeanFieldPosterior, ParamInfo
+from .taps import FeatureTaps, last_hidden_layer
 
 __all__ = [
     "BNN",
@@ -11,6 +12,8 @@ __all__ = [
     "NORM_LAYERS",
     "MeanFieldPosterior",
     "ParamInfo",
+    "FeatureTaps",
+    "last_hidden_layer",
     "LocalReparameterization",
     "local_reparameterization",
     "likelihoods",

@@ -1,18 +1,20 @@
-"""Feature taps: read the outputs of a network's modules by path with forward hooks.
+"""Feature taps: the outputs of a network's modules by path, read with forward hooks.
 
-Distillation terms compare what a teacher and a student compute inside their networks; nobody
-rewrites ``forward()`` for that (torchdistill's idea): a module path such as ``"features.3"``
-(a key of ``dict(net.named_modules())``) names the module whose output is read.
+- :class:`FeatureTaps`: a context manager capturing the outputs of named modules (nobody
+  rewrites ``forward()``); distillation terms and the representation diagnostics read features
+  through it.
+- :func:`last_hidden_layer`: the default feature module of a network, its last hidden
+  representation (the last activation before the read-out).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 from torch import Tensor, nn
 
-__all__ = ["FeatureTaps"]
+__all__ = ["FeatureTaps", "last_hidden_layer", "ACTIVATIONS"]
 
 
 class FeatureTaps:
@@ -45,3 +47,30 @@ class FeatureTaps:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+
+
+#: Activation modules (class names) that end a hidden layer.
+ACTIVATIONS = ("ReLU", "LeakyReLU", "ReLU6", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Tanh", "Sigmoid",
+               "Softplus", "Hardtanh", "Hardswish", "PReLU")
+
+
+def last_hidden_layer(net: nn.Module) -> Optional[str]:
+    """Module path of the network's last hidden representation, or ``None`` when it has none.
+
+    The last activation module (:data:`ACTIVATIONS`) before the read-out, the last Linear,
+    Bilinear or convolution (or other leaf module with parameters): e.g. the ReLU before the
+    Flatten and Linear of the built-in networks. Layers are recognized by type too, so this
+    works on a :class:`~bayesdistill.BNN`'s network, whose weights are sample sites rather
+    than parameters. ``None``: no activation precedes the read-out (e.g. a plain linear
+    model); the network output is then the only representation.
+    """
+    leaves = [(n, m) for n, m in net.named_modules() if n and not any(True for _ in m.children())]
+    layer_types = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
+    readout = max((k for k, (_, m) in enumerate(leaves)
+                   if isinstance(m, layer_types) or any(True for _ in m.parameters(recurse=False))), default=None)
+    if readout is None:
+        return None
+    for n, m in reversed(leaves[:readout]):
+        if type(m).__name__ in ACTIVATIONS:
+            return n
+    return None

@@ -1,19 +1,30 @@
-"""Diagnostic plots: training curves, reliability diagrams and weight signal-to-noise ratios.
+"""Diagnostic plots: they draw results, never compute them from models or data.
 
-Every function returns a :class:`matplotlib.figure.Figure` and never calls ``plt.show()``.
-Figures are built with the object API on a bare ``Figure`` (not ``pyplot``), so they need no
-display, hold no global ``pyplot`` state (nothing to ``plt.close``) and work with any backend,
-Agg included. In a notebook the returned figure displays once, as the cell's value.
+Every function takes a result (a training history, a :class:`~bayesdistill.diagnostics.CalibrationResult`,
+a :class:`~bayesdistill.MeanFieldPosterior`, an :class:`~bayesdistill.AlignmentPlan`, pruning
+curves, a :class:`~bayesdistill.diagnostics.CosineDistances`), returns a
+:class:`matplotlib.figure.Figure`, attaches nothing to it and never calls ``plt.show()``. The
+numbers come from the result (and its ``to_dict()`` for reports). Figures are built with the
+object API on a bare ``Figure`` (not ``pyplot``), so they need no display, hold no global
+``pyplot`` state (nothing to ``plt.close``) and work with any backend, Agg included. In a
+notebook the returned figure displays once, as the cell's value.
 
+>>> from bayesdistill import diagnostics
 >>> from bayesdistill.diagnostics import plots
 >>> fig = plots.elbo(result)                   # a FitResult, its history, or a history.csv path
->>> fig = plots.calibration(bnn, data.test)    # reliability diagram, ECE in the title
+>>> fig = plots.term_metric(result, "mi_bound")  # any distill/<term>/.../<metric> columns
+>>> fig = plots.vid_bounds(result)             # VID lower bounds on I(t; s) per pair, per epoch
+>>> fig = plots.calibration(diagnostics.calibration(bnn, data.test))  # reliability diagram
 >>> fig = plots.snr_histogram(bnn.posterior()) # |loc| / scale per layer
 >>> fig = plots.alignment(plan)                # bd.align: unit scores while pruning, kept/removed
->>> fig = plots.pruning_curve(teacher, data.test, criterion="snr")  # metrics vs fraction pruned
->>> fig = plots.vid_bounds(result)             # VID lower bounds on I(t; s) per pair, per epoch
->>> fig = plots.cosine_distances(teacher, student, data.test, layer_teacher="8", layer_student="4")
+>>> fig = plots.pruning_curve([curve_snr, curve_random])  # bd.distill.pruning_curve results
+>>> fig = plots.cosine_distances(diagnostics.cosine_distances([("t", teacher, "8"), ("s", student, "4")], test))
+>>> fig = plots.learning_curves({"distilled": r1.history, "plain": r2.history}, reference=teacher_metrics)
 >>> plots.save(fig, "elbo.png")
+
+Histories: one record per epoch; distillation terms report under ``distill/<term>/<metric>``
+(``distill/kd/loss``, ``distill/vid/pair0/mi_bound``): every ``distill/<term>/loss`` column is a
+term loss, whatever the term; nothing here knows a term by name.
 
 Units: the ELBO, its expected negative log-likelihood (NLL) and KL(q || p) are in nats for the
 whole training set (as in :class:`~bayesdistill.FitResult`); confidences and accuracies are
@@ -37,16 +48,20 @@ import torch
 from torch import Tensor
 
 from .._io import atomic_write
-from .metrics import calibration_curve, expected_calibration_error
+from .calibration import CalibrationResult
+from .representations import CosineDistances
 
 if TYPE_CHECKING:  # matplotlib is imported on first use: `import bayesdistill` stays fast
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["elbo", "calibration", "snr_histogram", "alignment", "pruning_curve", "vid_bounds", "cosine_distances",
-           "save"]
+__all__ = ["elbo", "term_metric", "vid_bounds", "calibration", "snr_histogram", "alignment", "pruning_curve",
+           "cosine_distances", "learning_curves", "save"]
 
 History = Union[Sequence[Mapping[str, float]], str, os.PathLike]
+
+#: Prefix of the history columns of distillation terms: ``distill/<term>/<metric>``.
+TERM_PREFIX = "distill/"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -58,7 +73,7 @@ def _new_figure(nrows: int = 1, ncols: int = 1, *, figsize=(6.4, 4.8), **kw) -> 
     return fig, axes
 
 
-def _history_rows(result_or_history: Any) -> list[dict[str, float]]:
+def _history_rows(result_or_history: Any, what: str = "elbo()") -> list[dict[str, float]]:
     """A FitResult, a list of per-epoch dicts, or the path of a ``history.csv``."""
     history = getattr(result_or_history, "history", result_or_history)
     if isinstance(history, (str, os.PathLike)):
@@ -75,7 +90,7 @@ def _history_rows(result_or_history: Any) -> list[dict[str, float]]:
             return rows
     if not isinstance(history, Sequence) or not all(isinstance(r, Mapping) for r in history):
         raise TypeError(
-            "elbo() expects a FitResult, a list of per-epoch dicts (FitResult.history) or the path "
+            f"{what} expects a FitResult, a list of per-epoch dicts (FitResult.history) or the path "
             f"of a history.csv; got {type(result_or_history).__name__}"
         )
     return [dict(r) for r in history]
@@ -91,40 +106,56 @@ def _column(rows: list[dict[str, float]], key: str) -> tuple[list[float], list[f
     return xs, ys
 
 
-#: History columns of distillation terms (``fit(distill=...)``): the term names of
-#: ``bayesdistill.distill`` (a repeated term gets a number: ``vid1``, ``kd1``; PKT is
-#: ``pkt.<student path>``). VID's per-pair ``vid.<i>.log_q`` / ``.mi_bound`` are not term losses.
-_TERM_COLUMN = re.compile(r"^distill/[^/]+/loss$")
-_VID_BOUND = re.compile(r"^distill/([^/]+)/pair(\d+)/mi_bound$")
-_VID_PAIR_COLUMN = re.compile(r"^distill/[^/]+/pair\d+/(?:log_q|mi_bound)$")
+def _keys(rows: list[dict[str, float]]) -> list[str]:
+    """The history's columns in first-seen order."""
+    return list(dict.fromkeys(k for r in rows for k in r))
 
 
-def _term_columns(rows: list[dict[str, float]]) -> list[str]:
-    keys = dict.fromkeys(k for r in rows for k in r)
-    return [k for k in keys if _TERM_COLUMN.match(k) and not _VID_PAIR_COLUMN.match(k) and _column(rows, k)[0]]
+def _natural(key: str) -> tuple:
+    """Sort key of a column: part by part (``vid/...`` before ``vid1/...``), numbers compared as
+    numbers (``pair2`` before ``pair10``)."""
+    return tuple(tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", part)) for part in key.split("/"))
+
+
+def _term_loss_columns(rows: list[dict[str, float]]) -> list[str]:
+    """The ``distill/<term>/loss`` columns (one per term, in history order) that hold numbers."""
+    return [k for k in _keys(rows) if k.startswith(TERM_PREFIX) and k.endswith("/loss") and k.count("/") == 2
+            and _column(rows, k)[0]]
+
+
+def _metric_columns(rows: list[dict[str, float]], metric: str) -> list[str]:
+    """The ``distill/.../<metric>`` columns that hold numbers, in natural order."""
+    keys = [k for k in _keys(rows) if k.startswith(TERM_PREFIX) and k.endswith("/" + metric)
+            and k.count("/") >= 2 and _column(rows, k)[0]]
+    return sorted(keys, key=_natural)
+
+
+def _not_a_result(fn: str, got: Any, expected: str, compute: str) -> TypeError:
+    return TypeError(f"plots.{fn}() draws {expected}, not a {type(got).__name__}; compute it first with "
+                     f"{compute} and pass the result")
 
 
 # --------------------------------------------------------------------------- ELBO
-def elbo(result_or_history: Any, ax: Optional["Axes"] = None) -> "Figure":
+def elbo(history_or_result: Any, ax: Optional["Axes"] = None) -> "Figure":
     """Training curves: the ELBO and its two parts, the expected NLL and KL(q || p), per epoch.
 
     Args:
-        result_or_history: a :class:`~bayesdistill.FitResult`, its ``history`` (a list of dicts
+        history_or_result: a :class:`~bayesdistill.FitResult`, its ``history`` (a list of dicts
             with ``epoch``, ``elbo``, ``nll``, ``kl``), or the path of a ``history.csv`` written
             by :meth:`FitResult.to_csv`.
         ax: draw ELBO, NLL and KL as three lines on this one axes (returns its figure).
 
     Without ``ax`` the figure has two panels sharing the epoch axis: the ELBO (top), and the NLL
     and KL (bottom, log scale when both are positive), all in nats over the whole training set.
-    When the history holds distillation-term losses (``fit(distill=[...])``: the columns ``kd``,
-    ``vid``, ``pkt.<path>``, ``hint``, ``tinybert``, in nats per example), a further panel plots
-    them; when it holds held-out metrics (``eval_*`` columns from ``fit(eval_data=...)``), the
-    last panel plots those (their own units: accuracy, per-example nats, ...). The VID bounds per
-    pair have their own plot, :func:`vid_bounds`.
+    When the history holds distillation-term losses (``fit(distill=[...])``: every column
+    ``distill/<term>/loss``, nats per example), a further panel plots them, one line per term;
+    when it holds held-out metrics (``eval_*`` columns from ``fit(eval_data=...)``), the last
+    panel plots those (their own units: accuracy, per-example nats, ...). Other per-term
+    metrics have :func:`term_metric` (the VID bounds: :func:`vid_bounds`).
     """
     from matplotlib.ticker import MaxNLocator
 
-    rows = _history_rows(result_or_history)
+    rows = _history_rows(history_or_result)
     if not rows:
         raise ValueError("elbo(): the history is empty (no epoch was trained)")
     missing = [k for k in ("elbo", "nll", "kl") if not _column(rows, k)[0]]
@@ -141,11 +172,8 @@ def elbo(result_or_history: Any, ax: Optional["Axes"] = None) -> "Figure":
         ax.legend()
         return ax.figure
 
-    eval_keys = [
-        k for k in dict.fromkeys(k for r in rows for k in r)
-        if k.startswith("eval_") and _column(rows, k)[0]
-    ]
-    term_keys = _term_columns(rows)
+    eval_keys = [k for k in _keys(rows) if k.startswith("eval_") and _column(rows, k)[0]]
+    term_keys = _term_loss_columns(rows)
     n_panels = 2 + bool(term_keys) + bool(eval_keys)
     fig, axes = _new_figure(n_panels, 1, figsize=(6.4, 2.6 * n_panels + 0.4), sharex=True)
     axes = axes[:, 0]
@@ -175,12 +203,12 @@ def elbo(result_or_history: Any, ax: Optional["Axes"] = None) -> "Figure":
         for i, key in enumerate(term_keys):
             xs, ys = _column(rows, key)
             values += ys
-            panel.plot(xs, ys, color=f"C{(i + 3) % 10}", label=key)
+            panel.plot(xs, ys, color=f"C{(i + 3) % 10}", label=key[len(TERM_PREFIX):-len("/loss")])
         # terms differ by orders of magnitude (VID: hundreds of nats, KD: about one): symlog then
         big, small = max(abs(v) for v in values), min((abs(v) for v in values if v != 0), default=0.0)
         if small > 0 and big / small > 50:
             panel.set_yscale("symlog", linthresh=max(small, 1e-3))
-        panel.set_title("distillation terms: loss -log f per example (vid: -lambda log q)")
+        panel.set_title("distillation terms: loss per example (distill/<term>/loss)")
         panel.set_ylabel("nats per example")
         panel.legend(loc="best", fontsize="small", ncols=2)
         panel.grid(alpha=0.3, which="both")
@@ -197,83 +225,136 @@ def elbo(result_or_history: Any, ax: Optional["Axes"] = None) -> "Figure":
     return fig
 
 
-# --------------------------------------------------------------------------- calibration
-@torch.no_grad()
-def _predictive_probs(bnn, data, num_samples: int, seed: Optional[int]) -> tuple[Tensor, Tensor]:
-    from ..infer.predictive import predict
-
-    logits, targets = predict(bnn, data, num_samples=num_samples, seed=seed)
-    if targets is None:
-        raise ValueError("calibration() needs labelled data (inputs and targets)")
-    # the same arithmetic (and dtype) as classification_metrics, so the ECE equals evaluate()'s
-    logits = logits if logits.dtype == torch.float64 else logits.float()
-    log_p = torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])
-    return log_p.exp(), targets
-
-
-def calibration(
-    bnn: Any = None,
-    data: Any = None,
-    *,
-    probs: Optional[Tensor] = None,
-    targets: Optional[Tensor] = None,
-    num_samples: int = 32,
-    n_bins: int = 15,
-    seed: Optional[int] = 0,
+# --------------------------------------------------------------------------- per-term metrics
+def term_metric(
+    history: Any,
+    metric: str,
+    ax: Optional["Axes"] = None,
+    labels: Union[None, Sequence[str], Mapping[str, str]] = None,
+    ylabel: Optional[str] = None,
     title: Optional[str] = None,
 ) -> "Figure":
-    """Reliability diagram of a classifier's posterior predictive, with the ECE in the title.
+    """One distillation-term metric per epoch: one line per history column ``distill/.../<metric>``.
 
-    Call it either with a trained network and labelled data::
-
-        calibration(bnn, data.test, num_samples=32)   # p(y|x) = mean of S softmax outputs
-
-    or with predictive probabilities you already have::
-
-        calibration(probs=p, targets=y)                # p: [N, C] probabilities, y: [N] labels
-
-    The top panel plots, per confidence bin, the accuracy of the top-1 prediction against its
-    mean confidence (a perfectly calibrated model lies on the diagonal; bars below it mean
-    over-confidence) and the bottom panel the number of test points per bin. Binning and ECE are
-    exactly those of :func:`~bayesdistill.diagnostics.expected_calibration_error` and
-    :func:`~bayesdistill.evaluate` (``n_bins`` equal-width bins plus a bucket for confidence
-    exactly 1), so the title's ECE equals ``evaluate(bnn, data, num_samples=..., seed=...)["ece"]``.
-    The value is also stored as ``fig.ece`` (a float, probability units).
-
-    With a regression network (``bd.likelihoods.Normal``) the figure is a coverage diagram
-    instead: the fraction of targets inside the central p-interval of the moment-matched
-    Gaussian predictive against p, with the mean absolute coverage error in the title
-    (``fig.coverage_error``).
+    E.g. ``term_metric(result, "mi_bound")`` draws every ``distill/<term>/pair<i>/mi_bound``
+    column (the VID bounds), ``term_metric(result, "loss")`` the terms' losses. Lines are named
+    by the column between ``distill/`` and ``/<metric>`` (``vid/pair0``) and ordered naturally
+    (``pair2`` before ``pair10``); the legend gives each line's last value.
 
     Args:
-        bnn: a :class:`~bayesdistill.BNN` (with ``data``), or ``None`` when ``probs`` is given.
-        data: labelled data accepted by :func:`~bayesdistill.evaluate`.
-        probs, targets: ``[N, C]`` class probabilities and ``[N]`` integer labels.
-        num_samples: posterior draws S for the predictive (``bnn`` form only).
-        n_bins: number of equal-width confidence bins.
-        seed: seed of the posterior draws (``bnn`` form; ``None`` for fresh draws).
-        title: a prefix for the title (e.g. the model's name).
+        history: a :class:`~bayesdistill.FitResult`, its ``history`` or the path of a
+            ``history.csv``.
+        metric: the last part of the column names.
+        ax: draw on this axes instead of a new figure.
+        labels: legend names in column order (``"<column>: <label>"``), or a mapping from the
+            column's middle part (``"vid/pair0"``) to a name.
+        ylabel, title: axis label (the metric's units) and title.
+
+    Raises:
+        ValueError: the history has no such column.
     """
-    if (bnn is None) == (probs is None):
-        raise TypeError("calibration() takes either (bnn, data) or probs=..., targets=..., not both/neither")
-    if bnn is not None:
-        if data is None:
-            raise TypeError("calibration(bnn, data): data is missing")
-        if targets is not None:
-            raise TypeError("calibration(bnn, data): targets come from data; do not pass targets=")
-        from ..bnn.likelihoods import Normal as NormalLikelihood
+    from matplotlib.ticker import MaxNLocator
 
-        if isinstance(getattr(bnn, "likelihood", None), NormalLikelihood):
-            return _coverage(bnn, data, num_samples=num_samples, seed=seed, title=title)
-        probs, targets = _predictive_probs(bnn, data, num_samples, seed)
-    elif targets is None:
-        raise TypeError("calibration(probs=...) needs targets=")
+    if not isinstance(metric, str) or not metric or "/" in metric:
+        raise ValueError(f"term_metric(): metric must be one column part such as 'mi_bound', got {metric!r}")
+    rows = _history_rows(history, "term_metric()")
+    keys = _metric_columns(rows, metric)
+    if not keys:
+        raise ValueError(f"term_metric(): the history has no '{TERM_PREFIX}<term>/.../{metric}' column "
+                         f"(columns: {', '.join(_keys(rows)[:20]) or 'none'})")
+    if ax is None:
+        fig, axes = _new_figure(1, 1, figsize=(6.4, 4.2))
+        ax = axes[0, 0]
+    else:
+        fig = ax.figure
+    for i, key in enumerate(keys):
+        part = key[len(TERM_PREFIX): -len("/" + metric)]
+        if isinstance(labels, Mapping):
+            name = labels.get(part, part)
+        elif labels is not None and i < len(labels):
+            name = f"{part}: {labels[i]}"
+        else:
+            name = part
+        xs, ys = _column(rows, key)
+        ax.plot(xs, ys, color=f"C{i % 10}", marker="o" if len(xs) < 12 else None, ms=3,
+                label=f"{name} (last {ys[-1]:.4g})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel or metric)
+    ax.set_title(title or f"distillation-term metric '{metric}' per epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="best", fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig
 
-    curve = {k: v.detach().cpu() for k, v in calibration_curve(probs, targets, n_bins=n_bins).items()}
-    ece = float(expected_calibration_error(probs, targets, n_bins=n_bins))
-    counts = curve["count"].double()
-    acc, conf = curve["accuracy"], curve["confidence"]
-    lower, upper = curve["bin_lower"][:n_bins], curve["bin_upper"][:n_bins]
+
+def vid_bounds(
+    history: Any,
+    ax: Optional["Axes"] = None,
+    *,
+    labels: Union[None, Sequence[str], Mapping[str, str]] = None,
+) -> "Figure":
+    """The VID lower bounds on the mutual information I(t; s) per feature pair, per epoch.
+
+    :func:`term_metric` of ``"mi_bound"`` with VID's units: for each VID pair (teacher feature
+    t, student feature s), ``bd.fit(distill=[VID(...)])`` records
+    ``distill/<term>/pair<i>/mi_bound`` = H(t) + E[log q(t | s)] (nats per example; H(t) is
+    the entropy of a diagonal Gaussian fitted to the teacher's features, so the bound rises as
+    the amortized q(t | s) learns to predict the teacher's feature from the student's). One
+    line per pair (a second VID term's pairs are ``vid1/pair<i>``).
+
+    Args:
+        history: a :class:`~bayesdistill.FitResult`, its ``history`` or the path of a
+            ``history.csv``.
+        ax: draw on this axes instead of a new figure.
+        labels: names of the pairs for the legend, in pair order (e.g. ``["t:8 -> s:4"]``) or a
+            mapping ``"vid/pair0"`` -> name.
+
+    Raises:
+        ValueError: the history holds no ``.../mi_bound`` column (no VID term was trained).
+    """
+    rows = _history_rows(history, "vid_bounds()")
+    if not _metric_columns(rows, "mi_bound"):
+        raise ValueError(
+            f"vid_bounds(): the history has no VID columns ('{TERM_PREFIX}<term>/pair<i>/mi_bound'); they are "
+            "recorded by bd.fit(..., distill=[VID(teacher, pairs=...)])"
+        )
+    return term_metric(rows, "mi_bound", ax=ax, labels=labels,
+                       ylabel="H(t) + E[log q(t|s)]  (nats per example)",
+                       title="VID lower bound on I(t; s) per teacher -> student feature pair")
+
+
+# --------------------------------------------------------------------------- calibration
+def calibration(result: CalibrationResult, ax: Optional["Axes"] = None, title: Optional[str] = None) -> "Figure":
+    """A :class:`~bayesdistill.diagnostics.CalibrationResult`: reliability or coverage diagram.
+
+    Classification: the top panel plots, per confidence bin, the accuracy of the top-1
+    prediction against its mean confidence (a perfectly calibrated model lies on the diagonal;
+    bars below it mean over-confidence) and the bottom panel the number of test points per bin;
+    the ECE (``result.ece``) is in the title. The bucket of confidence exactly 1 is drawn in the
+    top bin. Regression: the fraction of targets inside the central p-interval of the
+    predictive against p, with the mean absolute coverage error in the title.
+
+    Args:
+        result: from :func:`bd.diagnostics.calibration(bnn, data) <bayesdistill.diagnostics.calibration>`
+            (or :meth:`CalibrationResult.from_probs`).
+        ax: draw only the reliability (or coverage) panel on this axes.
+        title: a prefix for the title (e.g. the model's name).
+
+    Raises:
+        TypeError: ``result`` is not a CalibrationResult (e.g. a BNN).
+    """
+    if not isinstance(result, CalibrationResult):
+        raise _not_a_result("calibration", result, "a CalibrationResult",
+                            "bd.diagnostics.calibration(bnn, data)")
+    if result.task == "regression":
+        return _coverage(result, ax, title)
+
+    n_bins = int(result.n_bins)
+    counts = torch.tensor(result.count, dtype=torch.float64)
+    acc = torch.tensor(result.accuracy, dtype=torch.float64)
+    conf = torch.tensor(result.confidence, dtype=torch.float64)
+    lower = torch.tensor(result.bin_lower[:n_bins], dtype=torch.float64)
+    upper = torch.tensor(result.bin_upper[:n_bins], dtype=torch.float64)
     # the degenerate last bucket (confidence == 1.0) is drawn in the top bin of the picture
     if counts[n_bins] > 0:
         merged = counts[n_bins - 1] + counts[n_bins]
@@ -286,21 +367,23 @@ def calibration(
     centers = ((lower + upper) / 2).numpy()
     nonempty = (counts > 0).numpy()
 
-    fig, axes = _new_figure(2, 1, figsize=(5.2, 6.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top, bottom = axes[0, 0], axes[1, 0]
+    if ax is None:
+        fig, axes = _new_figure(2, 1, figsize=(5.2, 6.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        top, bottom = axes[0, 0], axes[1, 0]
+    else:
+        fig, top, bottom = ax.figure, ax, None
     top.bar(centers[nonempty], acc.numpy()[nonempty], width=width[nonempty], color="C0",
             edgecolor="k", alpha=0.8, label="accuracy")
     top.bar(centers[nonempty], (conf - acc).numpy()[nonempty], bottom=acc.numpy()[nonempty],
             width=width[nonempty], color="C3", alpha=0.3, hatch="//", edgecolor="C3", label="gap to confidence")
     top.set_aspect("auto")
-    _unit_square(top, None, "accuracy (top-1)", title,
-                 f"reliability diagram: ECE = {ece:.4f}, N = {int(counts.sum())}")
-
-    bottom.bar(centers, counts.numpy(), width=width, color="0.6", edgecolor="k")
-    bottom.set_xlabel("confidence (top-1 predictive probability)")
-    bottom.set_ylabel("count")
-    bottom.grid(alpha=0.3)
-    fig.ece = ece
+    _unit_square(top, "confidence (top-1 predictive probability)" if bottom is None else None,
+                 "accuracy (top-1)", title, f"reliability diagram: ECE = {result.ece:.4f}, N = {int(counts.sum())}")
+    if bottom is not None:
+        bottom.bar(centers, counts.numpy(), width=width, color="0.6", edgecolor="k")
+        bottom.set_xlabel("confidence (top-1 predictive probability)")
+        bottom.set_ylabel("count")
+        bottom.grid(alpha=0.3)
     return fig
 
 
@@ -317,30 +400,15 @@ def _unit_square(ax, xlabel: Optional[str], ylabel: str, title: Optional[str], w
     ax.set_title(f"{title}\n{what}" if title else what)
 
 
-@torch.no_grad()
-def _coverage(bnn, data, *, num_samples: int, seed: Optional[int], title: Optional[str]) -> "Figure":
-    from ..infer.predictive import predict
-
-    means, targets = predict(bnn, data, num_samples=num_samples, seed=seed)
-    if targets is None:
-        raise ValueError("calibration() needs labelled data (inputs and targets)")
-    means = means.double()
-    targets = targets.double().reshape(means.shape[1:])
-    sigma = bnn.likelihood.scale.detach().double()
-    mu = means.mean(0)
-    std = (sigma**2 + means.var(0, unbiased=False)).sqrt()
-    z = ((targets - mu) / std).abs().reshape(-1).cpu()  # the levels below live on the CPU
-    levels = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
-    half_width = math.sqrt(2.0) * torch.erfinv(levels)  # |z| <= half_width with probability p
-    observed = (z.unsqueeze(0) <= half_width.unsqueeze(1)).double().mean(1)
-    err = float((observed - levels).abs().mean())
-
-    fig, axes = _new_figure(1, 1, figsize=(5.2, 4.8))
-    ax = axes[0, 0]
-    ax.plot(levels.numpy(), observed.numpy(), marker="o", color="C0", label="observed")
+def _coverage(result: CalibrationResult, ax: Optional["Axes"], title: Optional[str]) -> "Figure":
+    if ax is None:
+        fig, axes = _new_figure(1, 1, figsize=(5.2, 4.8))
+        ax = axes[0, 0]
+    else:
+        fig = ax.figure
+    ax.plot(result.levels, result.observed, marker="o", color="C0", label="observed")
     _unit_square(ax, "nominal coverage of the central predictive interval", "observed coverage", title,
-                 f"predictive interval coverage: mean |error| = {err:.4f}")
-    fig.coverage_error = err
+                 f"predictive interval coverage: mean |error| = {result.coverage_error:.4f}")
     return fig
 
 
@@ -537,76 +605,60 @@ def alignment(plan: Any, ax: Optional["Axes"] = None) -> "Figure":
 
 
 # --------------------------------------------------------------------------- pruning curve
-def _curve_label(curve: Mapping[str, Any]) -> str:
-    comp = curve.get("compensation")
+_CURVE_FIELDS = ("criterion", "compensation", "metric", "fraction", "values", "nll")
+
+
+def _curve_fields(curve: Any) -> dict[str, Any]:
+    """The fields of a pruning curve: a ``PruningCurve`` (attributes), its ``to_dict()``, or the
+    older dict form that keeps the values under the metric's name."""
+    if isinstance(curve, Mapping):
+        c = dict(curve)
+        if "values" not in c and c.get("metric") in c:
+            c["values"] = c[c["metric"]]
+    else:
+        c = {k: getattr(curve, k) for k in _CURVE_FIELDS if hasattr(curve, k)}
+    missing = [k for k in _CURVE_FIELDS if k not in c]
+    if missing:
+        raise TypeError(
+            f"plots.pruning_curve() draws PruningCurve results (bd.distill.pruning_curve(teacher, data, ...)); "
+            f"a {type(curve).__name__} lacks {missing}"
+        )
+    return c
+
+
+def _curve_label(c: Mapping[str, Any]) -> str:
+    comp = c.get("compensation")
     suffix = "" if comp is None else (", compensated" if comp else ", no compensation")
-    return f"{curve.get('criterion', '?')}{suffix}"
+    return f"{c.get('criterion', '?')}{suffix}"
 
 
-def pruning_curve(
-    teacher_or_curves: Any,
-    data: Any = None,
-    criterion: Union[str, Sequence[str]] = "snr",
-    *,
-    fractions: Optional[Sequence[float]] = None,
-    compensation: Union[bool, Sequence[bool]] = False,
-    probe: Any = None,
-    num_samples: int = 16,
-    seed: int = 0,
-    title: Optional[str] = None,
-) -> "Figure":
+def pruning_curve(curves: Any, title: Optional[str] = None) -> "Figure":
     """Test accuracy (or RMSE) and NLL of a teacher aligned to narrower copies of itself.
 
-    Call it with precomputed curves (dicts returned by
-    :func:`bayesdistill.distill.pruning_curve`; a list overlays them, e.g. several criteria, with
-    and without compensation)::
+    Draws one pruning curve or a list of them, overlaid (e.g. several criteria, with and without
+    compensation): the results of :func:`bayesdistill.distill.pruning_curve` (fields
+    ``criterion``, ``compensation``, ``metric`` (``"accuracy"`` or ``"rmse"``), ``fraction``,
+    ``values``, ``nll``)::
 
         plots.pruning_curve([curve_snr, curve_snr_comp, curve_random])
 
-    or with a teacher and evaluation data, to compute the curves here::
+    The left panel plots the accuracy (classification, probability units) or RMSE (regression,
+    target units) against the fraction of hidden units removed, the right one the NLL (nats per
+    example); colours follow the criterion, dashed lines are without compensation. No network
+    is trained: each point is the aligned teacher posterior used as q(w).
 
-        plots.pruning_curve(teacher, data.test, criterion=["snr", "random"],
-                            compensation=[False, True], probe=data.train)
-
-    (every combination of the given criteria and compensation settings). The left panel plots
-    the accuracy (classification, probability units) or RMSE (regression, target units) against
-    the fraction of hidden units removed, the right one the NLL (nats per example); colours
-    follow the criterion, dashed lines are without compensation. No network is trained: each
-    point is the aligned teacher posterior used as q(w). The curves are stored as ``fig.curves``.
+    Raises:
+        TypeError: not a pruning curve (e.g. a BNN) or a list of them.
+        ValueError: an empty list, or curves of different metrics.
     """
-    from ..bnn.network import BNN
-
-    if isinstance(teacher_or_curves, BNN):
-        if data is None:
-            raise TypeError("pruning_curve(teacher, data): data (labelled evaluation data) is missing")
-        from ..distill import pruning
-
-        crits = [criterion] if isinstance(criterion, str) or callable(criterion) else list(criterion)
-        comps = [compensation] if isinstance(compensation, bool) else [bool(c) for c in compensation]
-        kw: dict[str, Any] = {"probe": probe, "num_samples": num_samples, "seed": seed}
-        if fractions is not None:
-            kw["fractions"] = fractions
-        curves = [pruning.pruning_curve(teacher_or_curves, data, criterion=c, compensation=comp, **kw)
-                  for c in crits for comp in comps]
-    elif isinstance(teacher_or_curves, Mapping):
-        curves = [dict(teacher_or_curves)]
-    elif isinstance(teacher_or_curves, Sequence) and teacher_or_curves and all(
-        isinstance(c, Mapping) for c in teacher_or_curves
-    ):
-        curves = [dict(c) for c in teacher_or_curves]
+    if isinstance(curves, Sequence) and not isinstance(curves, (str, Mapping)):
+        items = list(curves)
+        if not items:
+            raise ValueError("pruning_curve(): no curves given")
     else:
-        raise TypeError(
-            "pruning_curve() expects a trained BNN (with data) or curve dicts from "
-            f"bayesdistill.distill.pruning_curve; got {type(teacher_or_curves).__name__}"
-        )
-    metrics = set()
-    for c in curves:
-        metric = c.get("metric") or ("accuracy" if "accuracy" in c else "rmse")
-        missing = [k for k in ("fraction", "nll", metric) if k not in c]
-        if missing:
-            raise ValueError(f"pruning_curve(): a curve lacks {missing}; expected distill.pruning_curve's dicts")
-        c["metric"] = metric
-        metrics.add(metric)
+        items = [curves]
+    fields = [_curve_fields(c) for c in items]
+    metrics = {str(c["metric"]) for c in fields}
     if len(metrics) > 1:
         raise ValueError(f"pruning_curve(): cannot overlay curves of different metrics {sorted(metrics)}")
     metric = metrics.pop()
@@ -614,11 +666,11 @@ def pruning_curve(
     fig, axes = _new_figure(1, 2, figsize=(11.0, 4.4))
     left, right = axes[0, 0], axes[0, 1]
     crit_colors: dict[str, str] = {}
-    for c in curves:
+    for c in fields:
         color = crit_colors.setdefault(str(c.get("criterion")), f"C{len(crit_colors) % 10}")
         style = "--" if c.get("compensation") is False else "-"
-        for ax, key in ((left, metric), (right, "nll")):
-            ax.plot(c["fraction"], c[key], marker="o", ls=style, color=color, label=_curve_label(c))
+        for ax, key in ((left, "values"), (right, "nll")):
+            ax.plot(list(c["fraction"]), list(c[key]), marker="o", ls=style, color=color, label=_curve_label(c))
     left.set_ylabel("test accuracy" if metric == "accuracy" else "test RMSE (target units)")
     if metric == "accuracy":
         left.set_ylim(0, 1.02)
@@ -630,282 +682,99 @@ def pruning_curve(
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize="small")
     fig.suptitle(title or "teacher aligned to narrower copies of itself (no training)")
-    fig.curves = curves
-    return fig
-
-
-# --------------------------------------------------------------------------- VID bounds
-def vid_bounds(
-    result_or_history: Any,
-    ax: Optional["Axes"] = None,
-    *,
-    labels: Union[None, Sequence[str], Mapping[str, str]] = None,
-) -> "Figure":
-    """The VID lower bounds on the mutual information I(t; s) per feature pair, per epoch.
-
-    For each VID pair (teacher feature t, student feature s), ``bd.fit(distill=[VID(...)])``
-    records ``vid.<i>.mi_bound`` = H(t) + E[log q(t | s)] (nats per example; H(t) is the entropy
-    of a diagonal Gaussian fitted to the teacher's features, so the bound rises as the amortized
-    q(t | s) learns to predict the teacher's feature from the student's). One line per pair (a
-    second VID term's pairs are ``vid1.<i>``).
-
-    Args:
-        result_or_history: a :class:`~bayesdistill.FitResult`, its ``history`` or the path of a
-            ``history.csv``.
-        ax: draw on this axes instead of a new figure.
-        labels: names of the pairs for the legend, in pair order (e.g. ``["t:8 -> s:4"]``) or a
-            mapping column prefix (``"vid.0"``) -> name.
-
-    Raises:
-        ValueError: the history holds no ``vid.<i>.mi_bound`` column (no VID term was trained).
-    """
-    from matplotlib.ticker import MaxNLocator
-
-    rows = _history_rows(result_or_history)
-    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if _VID_BOUND.match(k) and _column(rows, k)[0]]
-    if not keys:
-        raise ValueError(
-            "vid_bounds(): the history has no VID columns ('vid.<i>.mi_bound'); they are recorded by "
-            "bd.fit(..., distill=[VID(teacher, pairs=...)])"
-        )
-    keys.sort(key=lambda k: (_VID_BOUND.match(k).group(1), int(_VID_BOUND.match(k).group(2))))
-    if ax is None:
-        fig, axes = _new_figure(1, 1, figsize=(6.4, 4.2))
-        ax = axes[0, 0]
-    else:
-        fig = ax.figure
-    for i, key in enumerate(keys):
-        prefix = key[: -len("/mi_bound")]
-        if isinstance(labels, Mapping):
-            name = labels.get(prefix, prefix)
-        elif labels is not None and i < len(labels):
-            name = f"{prefix}: {labels[i]}"
-        else:
-            name = prefix
-        xs, ys = _column(rows, key)
-        ax.plot(xs, ys, color=f"C{i % 10}", marker="o" if len(xs) < 12 else None, ms=3,
-                label=f"{name} (last {ys[-1]:.4g})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("H(t) + E[log q(t|s)]  (nats per example)")
-    ax.set_title("VID lower bound on I(t; s) per teacher -> student feature pair")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(loc="best", fontsize="small")
-    ax.grid(alpha=0.3)
     return fig
 
 
 # --------------------------------------------------------------------------- cosine distances
-def _labelled_tensors(data: Any) -> tuple[Tensor, Tensor]:
-    """``(x, y)`` tensors of a labelled ``(x, y)`` tuple, ``TensorDataset``, ``Dataset`` or ``DataLoader``."""
-    from torch.utils.data import DataLoader, Dataset, TensorDataset
+def cosine_distances(result: CosineDistances, title: Optional[str] = None, *, num_bins: int = 50) -> "Figure":
+    """A :class:`~bayesdistill.diagnostics.CosineDistances`: one panel per model.
 
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
-        x, y = data
-    elif isinstance(data, TensorDataset):
-        if len(data.tensors) < 2:
-            raise ValueError("cosine_distances() needs labelled data; the TensorDataset holds inputs only")
-        x, y = data.tensors[:2]
-    elif isinstance(data, (Dataset, DataLoader)):
-        loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=1024, shuffle=False)
-        xs, ys = [], []
-        for batch in loader:
-            if torch.is_tensor(batch) or len(batch) < 2:
-                raise ValueError("cosine_distances() needs labelled data (batches of (inputs, labels))")
-            xs.append(batch[0])
-            ys.append(batch[1])
-        x, y = torch.cat(xs), torch.cat(ys)
-    else:
-        raise TypeError(
-            f"cosine_distances() expects labelled data: an (x, y) tuple of tensors or a Dataset, got {type(data).__name__}"
-        )
-    y = torch.as_tensor(y)
-    if y.dim() == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.dim() != 1 or y.is_floating_point() and not bool((y == y.round()).all()):
-        raise ValueError(
-            f"cosine_distances() needs integer class labels (similar = same class); got labels of shape "
-            f"{tuple(y.shape)} and dtype {y.dtype}"
-        )
-    if len(x) != len(y):
-        raise ValueError(f"cosine_distances(): {len(x)} inputs but {len(y)} labels")
-    return x, y.long()
-
-
-@torch.no_grad()
-def _representations(model: Any, x: Tensor, layer: Optional[str], batch_size: int = 1024) -> Tensor:
-    """``[N, D]`` outputs of module ``layer`` (or of the network) of a BNN's posterior-mean network
-    or an ``nn.Module``, in eval mode, flattened per example."""
-    from ..bnn.network import BNN
-    from ..distill.function_space import FeatureTaps
-
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"cosine_distances() expects bd.BNN or nn.Module models, got {type(model).__name__}")
-    net = model.net if isinstance(model, BNN) else model
-    try:
-        param = next(iter(model.parameters()))
-        device = param.device
-    except StopIteration:
-        device = x.device
-    was = model.training
-    model.eval()
-    out = []
-    try:
-        for start in range(0, len(x), batch_size):
-            xb = x[start: start + batch_size].to(device)
-            if layer is None:
-                f = model(xb)
-            else:
-                with FeatureTaps(net, [layer], "model") as taps:
-                    model(xb)
-                f = taps.features[layer]
-            out.append(f.detach().reshape(len(xb), -1).double().cpu())
-    finally:
-        model.train(was)
-    return torch.cat(out)
-
-
-def _pair_indices(n: int, max_pairs: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Indices (i < j) of all pairs of ``n`` examples, or of ``max_pairs`` distinct random ones."""
-    total = n * (n - 1) // 2
-    if total <= max_pairs:
-        iu = torch.triu_indices(n, n, 1)
-        return iu[0], iu[1]
-    g = torch.Generator().manual_seed(seed)
-    codes = torch.empty(0, dtype=torch.long)  # pair (i < j) -> i * n + j
-    while codes.numel() < max_pairs:
-        k = 2 * (max_pairs - codes.numel()) + 16
-        i, j = torch.randint(n, (k,), generator=g), torch.randint(n, (k,), generator=g)
-        keep = i != j
-        codes = torch.unique(torch.cat([codes, torch.minimum(i, j)[keep] * n + torch.maximum(i, j)[keep]]))
-    picked = codes[torch.randperm(codes.numel(), generator=g)[:max_pairs]].sort().values
-    return picked // n, picked % n
-
-
-def _separation_auc(similar: Tensor, dissimilar: Tensor) -> float:
-    """P(a dissimilar pair is farther apart than a similar pair) (ties count 1/2): Mann-Whitney AUC."""
-    if similar.numel() == 0 or dissimilar.numel() == 0:
-        return float("nan")
-    both = torch.cat([similar, dissimilar])
-    order = both.argsort()
-    ranks = torch.empty_like(both)
-    ranks[order] = torch.arange(1, len(both) + 1, dtype=both.dtype)
-    # average ranks of ties
-    values, inverse, counts = torch.unique(both, return_inverse=True, return_counts=True)
-    if len(values) < len(both):
-        sums = torch.zeros(len(values), dtype=both.dtype).index_add_(0, inverse, ranks)
-        ranks = (sums / counts)[inverse]
-    n_s, n_d = similar.numel(), dissimilar.numel()
-    u = float(ranks[n_s:].sum()) - n_d * (n_d + 1) / 2
-    return u / (n_s * n_d)
-
-
-def cosine_distances(
-    teacher: Any,
-    student: Any = None,
-    data: Any = None,
-    *,
-    layer_teacher: Optional[str] = None,
-    layer_student: Optional[str] = None,
-    max_pairs: int = 20000,
-    seed: int = 0,
-    num_bins: int = 50,
-    title: Optional[str] = None,
-) -> "Figure":
-    """Distributions of cosine distances of similar and dissimilar pairs, one panel per model.
-
-    For pairs of examples of the same class ("similar") and of different classes
-    ("dissimilar"), the cosine distance ``1 - cos(f(x_i), f(x_j))`` between their representations
-    ``f``: the output of a named module (read with a forward hook,
-    :class:`~bayesdistill.distill.FeatureTaps`; flattened per example) or, by default, the network
-    output (the logits). A model whose representations separate the classes puts the similar
-    pairs near 0 and the dissimilar ones far away; distillation should move the student's picture
-    towards the teacher's. Each panel's title gives the mean distances and the separation AUC
-    (the probability that a dissimilar pair is farther apart than a similar one; 0.5 = no
-    separation).
-
-    Call it with two models, ``cosine_distances(teacher, student, data, layer_teacher=...,
-    layer_student=...)``, or with a list of ``(name, model)`` or ``(name, model, layer)``
-    tuples, ``cosine_distances([("teacher", t, "8"), ("plain", p, "4"), ...], data)``.
+    Histograms (densities) of the cosine distances of the similar (same-class) and dissimilar
+    pairs, with their means as vertical lines; each panel's title gives the model's layer, the
+    mean distances and the separation AUC (the probability that a dissimilar pair is farther
+    apart than a similar one; 0.5 = no separation).
 
     Args:
-        teacher, student: a :class:`~bayesdistill.BNN` (its posterior-mean network is used) or an
-            ``nn.Module`` (in eval mode).
-        data: labelled data: an ``(x, y)`` tuple of tensors or a ``Dataset`` of ``(x, y)`` with
-            integer class labels.
-        layer_teacher, layer_student: module paths (``dict(net.named_modules())`` keys) whose
-            outputs are the representations; ``None``: the network output.
-        max_pairs: use all pairs when there are at most this many, else this many distinct pairs
-            drawn at random (seeded; the same pairs for every model).
-        seed: seed of the pair draw.
-        num_bins: histogram bins (shared by all panels).
+        result: from :func:`bd.diagnostics.cosine_distances(models, data) <bayesdistill.diagnostics.cosine_distances>`.
         title: the figure's title (default: a description of the pairs).
+        num_bins: histogram bins (shared by all panels).
 
-    The figure carries ``fig.distances``: per model name, ``{"similar": Tensor, "dissimilar":
-    Tensor, "auc": float, "layer": str | None}``, and ``fig.pairs`` = ``(i, j)`` index tensors.
+    Raises:
+        TypeError: ``result`` is not a CosineDistances (e.g. a model).
     """
-    if isinstance(teacher, Sequence) and not isinstance(teacher, (str, torch.nn.Module)):
-        if data is None:
-            data, student = student, None
-        elif student is not None:
-            raise TypeError("cosine_distances(models, data): with a list of models, do not pass a student")
-        if layer_teacher is not None or layer_student is not None:
-            raise TypeError("cosine_distances(models, data): give each model's layer in its tuple "
-                            "(name, model, layer), not layer_teacher/layer_student")
-        models = []
-        for entry in teacher:
-            if not isinstance(entry, (tuple, list)) or len(entry) not in (2, 3) or not isinstance(entry[0], str):
-                raise TypeError("cosine_distances(): models must be (name, model) or (name, model, layer) tuples")
-            models.append((entry[0], entry[1], entry[2] if len(entry) == 3 else None))
-    else:
-        if student is None:
-            raise TypeError("cosine_distances(teacher, student, data): the student is missing")
-        models = [("teacher", teacher, layer_teacher), ("student", student, layer_student)]
-    if not models:
-        raise ValueError("cosine_distances(): no models given")
-    if len({m[0] for m in models}) < len(models):
-        raise ValueError(f"cosine_distances(): model names must differ, got {[m[0] for m in models]}")
-    if data is None:
-        raise TypeError("cosine_distances(): data (labelled examples) is missing")
-    if not (isinstance(max_pairs, int) and max_pairs >= 1):
-        raise ValueError(f"cosine_distances(): max_pairs must be a positive int, got {max_pairs!r}")
-    x, y = _labelled_tensors(data)
-    if len(x) < 2:
-        raise ValueError(f"cosine_distances() needs at least 2 examples, got {len(x)}")
-    i, j = _pair_indices(len(x), max_pairs, seed)
-    same = y[i] == y[j]
-
-    distances: dict[str, dict[str, Any]] = {}
-    for name, model, layer in models:
-        f = torch.nn.functional.normalize(_representations(model, x, layer), dim=1)
-        d = (1.0 - (f[i] * f[j]).sum(1)).clamp(0.0, 2.0)
-        distances[name] = {"similar": d[same], "dissimilar": d[~same], "layer": layer,
-                           "auc": _separation_auc(d[same], d[~same])}
-
-    hi = max(float(torch.cat([v["similar"], v["dissimilar"]]).max()) for v in distances.values())
+    if not isinstance(result, CosineDistances):
+        raise _not_a_result("cosine_distances", result, "a CosineDistances",
+                            "bd.diagnostics.cosine_distances([(name, model, layer), ...], data)")
+    models = list(result.models.values())
+    everything = [torch.cat([m.similar, m.dissimilar]) for m in models]
+    hi = max((float(v.max()) for v in everything if v.numel()), default=0.0)
     edges = torch.linspace(0.0, max(hi, 1e-6), num_bins + 1, dtype=torch.float64).numpy()
     n = len(models)
     fig, axes = _new_figure(1, n, figsize=(4.2 * n + 0.4, 3.8), sharex=True)
-    for ax, (name, _, layer) in zip(axes[0], models):
-        r = distances[name]
-        for key, color, what in (("similar", "tab:green", "similar (same class)"),
-                                 ("dissimilar", "tab:red", "dissimilar (different class)")):
-            v = r[key]
+    for ax, m in zip(axes[0], models):
+        for v, color, what in ((m.similar, "tab:green", "similar (same class)"),
+                               (m.dissimilar, "tab:red", "dissimilar (different class)")):
             if v.numel():
-                ax.hist(v.numpy(), bins=edges, density=True, color=color, alpha=0.45,
-                        label=f"{what}, n={v.numel()}")
+                ax.hist(v.numpy(), bins=edges, density=True, color=color, alpha=0.45, label=f"{what}, n={v.numel()}")
                 ax.axvline(float(v.mean()), color=color, lw=1.2)
-        where = f"module {layer!r}" if layer is not None else "network output"
-        ms = float(r["similar"].mean()) if r["similar"].numel() else float("nan")
-        md = float(r["dissimilar"].mean()) if r["dissimilar"].numel() else float("nan")
-        ax.set_title(f"{name} ({where})\nmean {ms:.3f} vs {md:.3f}, separation AUC {r['auc']:.3f}", fontsize=9)
+        where = f"module {m.layer!r}" if m.layer is not None else "network output"
+        ax.set_title(f"{m.name} ({where})\nmean {m.mean_similar:.3f} vs {m.mean_dissimilar:.3f}, "
+                     f"separation AUC {m.separation_auc:.3f}", fontsize=9)
         ax.set_xlabel("cosine distance 1 - cos")
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize="x-small")
     axes[0, 0].set_ylabel("density")
-    fig.suptitle(title or f"cosine distances of {len(i)} pairs of {len(x)} examples (vertical lines: means)",
-                 fontsize=10)
-    fig.distances = distances
-    fig.pairs = (i, j)
+    fig.suptitle(title or f"cosine distances of {result.num_pairs} pairs of {result.num_examples} examples "
+                 "(vertical lines: means)", fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------- learning curves
+def learning_curves(
+    histories: Mapping[str, Any],
+    reference: Optional[Mapping[str, float]] = None,
+    title: Optional[str] = None,
+) -> "Figure":
+    """Held-out accuracy (or RMSE) and NLL per epoch of several runs, side by side.
+
+    Args:
+        histories: run name -> a :class:`~bayesdistill.FitResult`, its ``history`` or a
+            ``history.csv`` path, with the ``eval_*`` columns of ``fit(eval_data=...)``
+            (``eval_accuracy`` or ``eval_rmse``, and ``eval_nll``).
+        reference: metrics drawn as dashed horizontal lines labelled "teacher" (e.g. a
+            teacher's ``bd.evaluate`` result: ``accuracy`` or ``rmse``, and ``nll``).
+        title: the figure's title.
+
+    Raises:
+        ValueError: no histories.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    if not isinstance(histories, Mapping) or not histories:
+        raise ValueError("learning_curves(): histories must be a non-empty mapping name -> history")
+    rows = {name: _history_rows(h, "learning_curves()") for name, h in histories.items()}
+    fig, axes = _new_figure(1, 2, figsize=(11.0, 4.2))
+    left, right = axes[0, 0], axes[0, 1]
+    metric = "eval_accuracy" if any("eval_accuracy" in r for h in rows.values() for r in h) else "eval_rmse"
+    for i, (name, h) in enumerate(rows.items()):
+        for ax, key in ((left, metric), (right, "eval_nll")):
+            xs, ys = _column(h, key)
+            if xs:
+                ax.plot(xs, ys, color=f"C{i % 10}", label=name)
+    left.set_ylabel("test accuracy" if metric == "eval_accuracy" else "test RMSE (target units)")
+    right.set_ylabel("test NLL (nats per example)")
+    if reference:
+        for ax, key in ((left, metric[len("eval_"):]), (right, "nll")):
+            if key in reference:
+                ax.axhline(reference[key], color="0.4", ls="--", lw=1, label="teacher")
+    for ax, t in ((left, metric[len("eval_"):]), (right, "NLL")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_title(f"test {t} per epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+    if title:
+        fig.suptitle(title)
     return fig
 
 
