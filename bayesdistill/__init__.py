@@ -23,11 +23,15 @@ from .errors import (
     NonFiniteLossError,
     PosteriorFormatError,
     PosteriorMismatchError,
+    ResumeMismatchError,
+    RunExistsError,
     ShapeMismatchError,
     UnsupportedLayerError,
 )
 from .distill import AlignmentPlan, align
-from .infer import FitResult, MeanFieldELBO, evaluate, fit, predict
+from . import infer
+from .infer import FitResult, MeanFieldELBO, SVIEngine, evaluate, fit, predict
+from .infer import callbacks
 from .diagnostics import plots
 
 __version__ = "0.1.0"
@@ -40,6 +44,9 @@ __all__ = [
     "local_reparameterization",
     "fit",
     "FitResult",
+    "SVIEngine",
+    "infer",
+    "callbacks",
     "align",
     "AlignmentPlan",
     "distill",
@@ -58,4 +65,6 @@ __all__ = [
     "PosteriorMismatchError",
     "ShapeMismatchError",
     "UnsupportedLayerError",
+    "RunExistsError",
+    "ResumeMismatchError",
 ]

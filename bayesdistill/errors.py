@@ -37,7 +37,8 @@ class DataError(BayesDistillError, ValueError):
 
 
 class PosteriorFormatError(BayesDistillError, ValueError):
-    """A posterior file that is unreadable, corrupt or of an unknown format version."""
+    """A posterior (or checkpoint) file that is unreadable, corrupt or of an unknown format
+    version, or a posterior whose values are invalid (non-finite means, scales not > 0)."""
 
 
 class PosteriorMismatchError(BayesDistillError, ValueError):

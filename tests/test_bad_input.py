@@ -256,18 +256,28 @@ class TurnsBad(Dataset):
         return x, self.y[i]
 
 
-def test_non_finite_loss_mid_epoch_restores_the_epoch_start(tmp_path):
+def test_non_finite_loss_mid_epoch_restores_the_epoch_start(tmp_path, monkeypatch):
     x, y = toy_classification(32)
-    data = TurnsBad(x, y)
     bnn = bd.BNN(tiny_mlp(), dataset_size=32)
     at_epoch_end = {}
+    countdown = {"n": None}
+    real = bnn.likelihood.observe
+
+    def observe(output, target):  # armed after epoch 1: the 2nd step after that returns NaN
+        if countdown["n"] is not None:
+            countdown["n"] -= 1
+            if countdown["n"] == 0:
+                output = output * float("nan")
+        return real(output, target)
+
+    monkeypatch.setattr(bnn.likelihood, "observe", observe)
 
     def arm(record, b):
         at_epoch_end[record["epoch"]] = clone_state(b)
-        data.countdown = 8  # epoch 2: the first batch of 8 is fine, the second is not
+        countdown["n"] = 2
 
     with pytest.raises(bd.NonFiniteLossError, match=r"epoch 2, step 2") as info:
-        bd.fit(bnn, data, epochs=4, batch_size=8, lr=0.01, progress=False, callbacks=[arm], checkpoint_dir=tmp_path)
+        bd.fit(bnn, (x, y), epochs=4, batch_size=8, lr=0.01, progress=False, callbacks=[arm], checkpoint_dir=tmp_path)
     err = info.value
     assert (err.epoch, err.step) == (2, 2)
     assert isinstance(err, FloatingPointError)
@@ -278,14 +288,28 @@ def test_non_finite_loss_mid_epoch_restores_the_epoch_start(tmp_path):
     # the last good checkpoint is named and still loads
     path = tmp_path / "checkpoint.pt"
     assert err.checkpoint == str(path) and str(path) in str(err)
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     assert ckpt["epoch"] == 1 and [r["epoch"] for r in ckpt["history"]] == [1]
     assert torch.equal(ckpt["bnn"]["loc"], bnn.loc.detach())
-    # and training resumes from it once the data are fine again
-    data.countdown = None
-    result = bd.fit(bd.BNN(tiny_mlp(), dataset_size=32), data, epochs=3, batch_size=8, lr=0.01,
+    # and training resumes from it once the model is fine again
+    monkeypatch.undo()
+    result = bd.fit(bd.BNN(tiny_mlp(), dataset_size=32), (x, y), epochs=4, batch_size=8, lr=0.01,
                     progress=False, checkpoint_dir=tmp_path, resume=True)
-    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
+
+
+def test_nan_inputs_in_a_later_batch_of_a_dataset_are_a_data_error_naming_the_batch():
+    """Data that are not in-memory tensors are checked batch by batch: a NaN input is the data's
+    fault, reported as a DataError naming the batch (not as a diverged loss)."""
+    x, y = toy_classification(32)
+    data = TurnsBad(x, y)
+    bnn = bd.BNN(tiny_mlp(), dataset_size=32)
+
+    def arm(record, b):
+        data.countdown = 8  # epoch 2: the first batch of 8 is fine, the second is not
+
+    with pytest.raises(bd.DataError, match=r"batch 2 of epoch 2 has inputs with NaN or inf"):
+        bd.fit(bnn, data, epochs=4, batch_size=8, lr=0.01, progress=False, callbacks=[arm])
 
 
 def test_non_finite_loss_from_a_huge_learning_rate():

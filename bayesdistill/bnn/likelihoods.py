@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_number
 from ..errors import DataError
 
 __all__ = ["Likelihood", "Categorical", "Normal"]
@@ -105,8 +106,7 @@ class Normal(Likelihood):
 
     def __init__(self, scale: float = 1.0, learn_scale: bool = False):
         super().__init__()
-        if not scale > 0:
-            raise ValueError(f"Normal likelihood: scale must be > 0, got {scale!r}")
+        scale = check_number("Normal likelihood: scale", scale, minimum=0.0, exclusive_minimum=True)
         self.learn_scale = bool(learn_scale)
         raw = torch.tensor(math.log(math.expm1(scale)))
         if learn_scale:

@@ -39,6 +39,7 @@ from pyro import poutine
 from pyro.distributions.distribution import COERCIONS as _COERCIONS
 from torch import Tensor, nn
 
+from .._checks import check_int, check_number
 from ..errors import DataError, PosteriorMismatchError, ShapeMismatchError, UnsupportedLayerError
 from . import local_reparam as _lrt
 from .kl import fused_normal_kl
@@ -100,6 +101,8 @@ def _check_selector(net: nn.Module, selector: Selector) -> None:
         return
     patterns = [selector] if isinstance(selector, str) else list(selector)
     paths = [p for p, _ in net.named_modules() if p]
+    if any(True for _ in net.parameters(recurse=False)):
+        paths.append("")  # the root module's own parameters: deterministic=[""]
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(p, pattern) for p in paths):
             raise KeyError(
@@ -174,10 +177,9 @@ class BNN(nn.Module):
         super().__init__()
         if not isinstance(net, nn.Module):
             raise TypeError(f"BNN expects an nn.Module, got {type(net).__name__}")
-        if dataset_size is not None and (not isinstance(dataset_size, int) or dataset_size < 1):
-            raise ValueError(f"dataset_size must be a positive int or None, got {dataset_size!r}")
-        if not init_scale > 0:
-            raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
+        if dataset_size is not None:
+            dataset_size = check_int("dataset_size", dataset_size, minimum=1)
+        init_scale = check_number("init_scale", init_scale, minimum=0.0, exclusive_minimum=True)
         self.net = copy.deepcopy(net)
         self.prior = prior if prior is not None else NormalPrior(0.0, 1.0)
         self.likelihood = likelihood if likelihood is not None else Categorical()
@@ -453,7 +455,8 @@ class BNN(nn.Module):
 
     def _use_vmap(self, x: Tensor, vectorize: Union[bool, str]) -> bool:
         if vectorize == "auto":
-            return x.device.type != "cpu" or x.shape[0] <= self.AUTO_VECTORIZE_MAX_BATCH_CPU
+            first = x[0] if isinstance(x, tuple) else x
+            return first.device.type != "cpu" or first.shape[0] <= self.AUTO_VECTORIZE_MAX_BATCH_CPU
         if not isinstance(vectorize, bool):
             raise ValueError(f"vectorize must be True, False or 'auto', got {vectorize!r}")
         return vectorize

@@ -74,11 +74,17 @@ class MeanFieldPosterior(Mapping[str, tuple[Tensor, Tensor]]):
             )
         for name, loc in self.locs.items():
             scale = self.scales[name]
+            if not (torch.is_tensor(loc) and torch.is_tensor(scale)):
+                raise TypeError(
+                    f"posterior entry {name!r}: loc and scale must be tensors, got {type(loc).__name__} "
+                    f"and {type(scale).__name__}"
+                )
             if loc.shape != scale.shape:
                 raise PosteriorMismatchError(
                     f"posterior entry {name!r}: loc has shape {tuple(loc.shape)} but scale has "
                     f"shape {tuple(scale.shape)}"
                 )
+            _check_entry(name, loc, scale, "posterior")
 
     # --- Mapping protocol -------------------------------------------------------------
     def __getitem__(self, name: str) -> tuple[Tensor, Tensor]:
@@ -217,11 +223,8 @@ class MeanFieldPosterior(Mapping[str, tuple[Tensor, Tensor]]):
             points = {k: v.to(map_location) for k, v in state.get("point_estimates", {}).items()}
         except (KeyError, TypeError, AttributeError) as err:
             raise PosteriorFormatError(f"{source} is a damaged posterior: missing or bad field ({err})") from err
-        for k, s in scales.items():
-            if not torch.isfinite(locs[k]).all() or not (s > 0).all() or not torch.isfinite(s).all():
-                raise PosteriorFormatError(
-                    f"{source}: entry {k!r} has non-finite means or non-positive/non-finite scales"
-                )
+        for k, sc in scales.items():
+            _check_entry(k, locs[k], sc, source)
         return cls(locs, scales, info, points, dict(state.get("metadata", {})))
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -253,6 +256,22 @@ class MeanFieldPosterior(Mapping[str, tuple[Tensor, Tensor]]):
                 "it may be truncated or not a file written by MeanFieldPosterior.save"
             ) from err
         return cls.from_state(state, map_location=map_location, source=repr(str(path)))
+
+
+def _check_entry(name: str, loc: Tensor, scale: Tensor, source: str) -> None:
+    """Means finite, scales finite and > 0, else :class:`PosteriorFormatError` naming the entry."""
+    bad_loc = int((~torch.isfinite(loc)).sum()) if loc.is_floating_point() else 0
+    bad_scale = int((~(torch.isfinite(scale) & (scale > 0))).sum())
+    if bad_loc or bad_scale:
+        what = []
+        if bad_loc:
+            what.append(f"{bad_loc} non-finite means")
+        if bad_scale:
+            what.append(f"{bad_scale} scales that are not finite and > 0 (min {float(scale.min()):.3g})")
+        raise PosteriorFormatError(
+            f"{source} entry {name!r} has {' and '.join(what)}; a posterior needs finite means and "
+            "positive, finite standard deviations"
+        )
 
 
 def _check_plain(value: Any, where: str) -> None:

@@ -35,6 +35,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
+from .._checks import check_number
 from ..errors import ShapeMismatchError
 from .posterior import MeanFieldPosterior
 
@@ -99,8 +100,11 @@ class Normal(Prior):
         self.loc = loc
         self.scale = scale
         self.learn_scale = bool(learn_scale)
-        if not isinstance(scale, Mapping) and not float(scale) > 0:
-            raise ValueError(f"Normal prior: scale must be > 0, got {scale!r}")
+        for what, spec in (("loc", loc), ("scale", scale)):
+            items = spec.items() if isinstance(spec, Mapping) else [(None, spec)]
+            for pattern, v in items:
+                name = f"Normal prior: {what}" + (f" for {pattern!r}" if pattern is not None else "")
+                check_number(name, v, **({"minimum": 0.0, "exclusive_minimum": True} if what == "scale" else {}))
 
     def materialize(self, shapes: Shapes) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         locs, scales = {}, {}

@@ -145,6 +145,11 @@ class Batches:
             data = TensorDataset(*data)
         if isinstance(data, TensorDataset) and adapter is None:
             self.tensors = tuple(t.to(device) for t in data.tensors)
+            for i, t in enumerate(self.tensors):
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    bad = int((~torch.isfinite(t.reshape(len(t), -1))).any(1).nonzero()[0])
+                    part = "inputs" if i == 0 else "targets" if i == 1 else f"tensor {i}"
+                    raise DataError(f"{what}: {part} contain NaN or inf (first in example {bad})")
         elif isinstance(data, DataLoader):
             self.loader = data
         elif isinstance(data, Dataset):
@@ -187,8 +192,10 @@ class Batches:
                 yield Batch(x, rest[0] if rest else None, {"extra": tuple(rest[1:])} if len(rest) > 1 else {})
             return
         loader = self.loader or DataLoader(self.dataset, self.batch_size, shuffle=self.shuffle, generator=gen)
-        for raw in loader:
-            yield _adapted(self.adapter, raw).to(self.device)
+        for i, raw in enumerate(loader, start=1):
+            batch = _adapted(self.adapter, raw)
+            _check_finite(batch, i, epoch, self.what)  # on the host, before the copy: no device sync
+            yield batch.to(self.device)
 
     def first(self) -> Batch:
         """The first batch of epoch 0."""
@@ -231,6 +238,14 @@ class Batches:
             except (TypeError, NotImplementedError, IndexError, KeyError):
                 pass  # an iterable data set: its size is all a resume can compare
         return {"num_examples": self.num_examples, "digest": h.hexdigest()[:16]}
+
+
+def _check_finite(batch: Batch, index: int, epoch: int, what: str) -> None:
+    """A :class:`DataError` naming the batch when its inputs or float targets hold NaN/inf."""
+    inputs = batch.x if isinstance(batch.x, tuple) else (batch.x,)
+    for name, t in [("inputs", t) for t in inputs] + [("targets", batch.y)]:
+        if torch.is_tensor(t) and t.is_floating_point() and t.device.type == "cpu" and not bool(torch.isfinite(t).all()):
+            raise DataError(f"{what}: batch {index} of epoch {epoch} has {name} with NaN or inf")
 
 
 def _cat(values: list[Any], n: int) -> Any:

@@ -249,16 +249,11 @@ class SVIEngine:
     def validate_data(self) -> None:
         """Check the training data against the network and likelihood (raises :class:`DataError`)."""
         b = self.batches
-        if b.tensors is not None:
+        if b.tensors is not None:  # finite: checked by Batches
             x, *rest = b.tensors
-            if x.is_floating_point() and not torch.isfinite(x).all():
-                bad = int((~torch.isfinite(x.reshape(len(x), -1))).any(1).nonzero()[0])
-                raise DataError(f"training inputs contain NaN or inf (first in example {bad})")
             if not rest:
                 raise DataError("training data hold inputs only; fit needs (inputs, targets)")
             y = rest[0]
-            if y.is_floating_point() and not torch.isfinite(y).all():
-                raise DataError("training targets contain NaN or inf")
             # check the whole label vector against the output of the first batch
             out = self.bnn.check_data(x[: self.batch_size])
             self.bnn.likelihood.check(out[:1].expand(len(y), *out.shape[1:]), y)

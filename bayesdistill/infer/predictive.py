@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..bnn.likelihoods import Categorical
 from ..bnn.likelihoods import Normal as NormalLikelihood
+from .._checks import check_int
 from ..bnn.network import BNN
 from .batches import Batches
 from .metrics import classification_metrics, regression_metrics
@@ -42,8 +43,19 @@ def predict(
     batch, so each column s is the prediction of one network w_s. ``vectorize`` as in
     :meth:`BNN.outputs <bayesdistill.BNN.outputs>`.
     """
+    if not isinstance(bnn, BNN):
+        raise TypeError(f"predict expects a bd.BNN, got {type(bnn).__name__}")
+    num_samples = check_int("num_samples", num_samples, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    if seed is not None:
+        seed = check_int("seed", seed)
     device = bnn.loc.device
-    batches = data if isinstance(data, Batches) else Batches(_as_data(data), batch_size, device, 0, shuffle=False)
+    if isinstance(data, Batches):
+        batches = data
+    else:
+        batches = Batches(_as_data(data), batch_size, device, 0, shuffle=False, what="evaluation data")
+        first = batches.first()  # inputs the network cannot run on: one clear error, before the work
+        bnn.check_data(first.x, first.y)
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     weights = bnn.sample_weights(num_samples, generator=gen)
     was_training = bnn.training
@@ -86,6 +98,7 @@ def evaluate(
     Regression (:class:`~bayesdistill.likelihoods.Normal`): ``rmse``, ``mse``, ``nll`` (mixture,
     nats per example), ``gaussian_nll``, ``predictive_std``. Both include ``num_samples``.
     """
+    n_bins = check_int("n_bins", n_bins, minimum=1)
     outputs, targets = predict(bnn, data, num_samples=num_samples, batch_size=batch_size, seed=seed)
     if targets is None:
         raise ValueError("evaluate needs labelled data (inputs and targets)")
