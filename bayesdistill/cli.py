@@ -86,7 +86,7 @@ TEACHER_DEFAULTS: dict[str, Any] = {
 #: Default distillation settings, used by ``distill`` (for options not given) and ``demo``:
 #: student training (``epochs``, ``lr``, ``batch_size``, ``kl_weight``, ``lr_schedule``), the
 #: alignment (``criterion``, ``compensation``: least-squares re-fits on the teacher's training
-#: inputs), the prior (``variance`` of ``priors.TeacherPosterior``) and the initialization
+#: inputs), the prior (``variance``: the ``scale`` of ``priors.TeacherPosterior``) and the initialization
 #: (``init``: ``"prior-mean"`` = the aligned teacher means, ``"random"`` = the network's own).
 DISTILL_DEFAULTS: dict[str, Any] = {
     "epochs": 150,
@@ -983,7 +983,7 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         print(f"bayesdistill distill: warning: {w}", file=sys.stderr)
     likelihood_name = _likelihood(data.task)[1]
     if use_prior:
-        prior = bd.priors.TeacherPosterior(q_teacher, plan=plan, variance=cfg["variance"])
+        prior = bd.priors.TeacherPosterior(q_teacher, plan=plan, scale=cfg["variance"])
         init = "prior-mean" if cfg["init"] == "prior-mean" else "module"
     else:
         prior, init = bd.priors.Normal(scale=1.0), "module"

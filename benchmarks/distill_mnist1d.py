@@ -20,8 +20,8 @@ Per seed:
   ``datasets.load("mnist1d", train_fraction=0.1, seed=seed)``; ``--small-epochs`` 150, batch 64)
   and on 100% (4000; ``--full-epochs`` 100, batch 128), lr 3e-3, cosine, kl_weight 0.5 unless
   the variant says otherwise. Variants (``VARIANTS``): plain (prior Normal(0, 1), init="module"),
-  distill (snr + compensation, TeacherPosterior(q, plan, variance="unit"), init="prior-mean"),
-  and one-factor changes of distill (variance learned/posterior, init module, aligned init
+  distill (snr + compensation, TeacherPosterior(q, plan, scale="unit"), init="prior-mean"),
+  and one-factor changes of distill (prior scale learned/posterior, init module, aligned init
   under the plain prior, criterion data/random, no compensation, kl_weight 1).
 
 Metrics: ``bd.evaluate(bnn, test, num_samples=32)`` on the 1000 test examples (accuracy, NLL in
@@ -66,19 +66,19 @@ PLANS: dict[str, dict[str, Any]] = {
     "snr+fold-refit": {"criterion": "snr", "compensation": False, "removal": "refit"},
 }
 
-# student variants: prior ("normal" or "teacher"), plan, variance, init, kl_weight
-_D = {"prior": "teacher", "plan": "snr+comp", "variance": "unit", "init": "prior-mean", "kl_weight": 0.5}
+# student variants: prior ("normal" or "teacher"), plan, prior scale, init, kl_weight
+_D = {"prior": "teacher", "plan": "snr+comp", "scale": "unit", "init": "prior-mean", "kl_weight": 0.5}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "plain": {"prior": "normal", "plan": None, "variance": None, "init": "module", "kl_weight": 0.5},
+    "plain": {"prior": "normal", "plan": None, "scale": None, "init": "module", "kl_weight": 0.5},
     "distill": dict(_D),
-    "distill var=learned": {**_D, "variance": "learned"},
-    "distill var=posterior": {**_D, "variance": "posterior"},
+    "distill var=learned": {**_D, "scale": "learned"},
+    "distill var=posterior": {**_D, "scale": "posterior"},
     "teacher prior, init=module": {**_D, "init": "module"},
     "aligned init, plain prior": {**_D, "prior": "normal", "init": "aligned"},
     "distill crit=data": {**_D, "plan": "data+comp"},
     "distill crit=random": {**_D, "plan": "random+comp"},
     "distill no-comp": {**_D, "plan": "snr"},
-    "plain kl=1": {"prior": "normal", "plan": None, "variance": None, "init": "module", "kl_weight": 1.0},
+    "plain kl=1": {"prior": "normal", "plan": None, "scale": None, "init": "module", "kl_weight": 1.0},
     "distill kl=1": {**_D, "kl_weight": 1.0},
 }
 SMALL_VARIANTS = list(VARIANTS)
@@ -144,7 +144,7 @@ def train_student(variant: str, seed: int, data: bd.datasets.DatasetBundle, test
     if v["prior"] == "normal":
         prior = bd.priors.Normal(scale=1.0)
     else:
-        prior = bd.priors.TeacherPosterior(q, plan=plan, variance=v["variance"])
+        prior = bd.priors.TeacherPosterior(q, plan=plan, scale=v["scale"])
     if v["init"] == "aligned":
         init: Any = plan.apply(q)
         # means of the aligned teacher, small initial scales as with init="prior-mean"
@@ -178,7 +178,7 @@ def train_student(variant: str, seed: int, data: bd.datasets.DatasetBundle, test
            "final_kl": res.history[-1]["kl"] if res.history else None}
     if trace:
         out["curve"] = trace
-    if v["variance"] == "learned":
+    if v["scale"] == "learned":
         out["learned_prior_scales"] = {k: float(t.reshape(-1)[0]) for k, t in bnn.prior_scales().items()}
     return out
 

@@ -108,7 +108,7 @@ def test_identity_plan_same_architecture_maps_the_posterior_unchanged():
     _assert_posteriors_equal(aligned, q)
     assert all(L["kept"] == list(range(L["teacher_units"])) and not L["removed"] for L in plan.layers)
 
-    s = bd.BNN(student, prior=TeacherPosterior(q, plan=plan, variance="posterior"))
+    s = bd.BNN(student, prior=TeacherPosterior(q, plan=plan, scale="posterior"))
     assert torch.equal(s.prior_loc, torch.cat([q.locs[n].reshape(-1) for n in s.site_names]))
     assert torch.equal(s.prior_scale, torch.cat([q.scales[n].reshape(-1) for n in s.site_names]))
 
@@ -176,7 +176,7 @@ def test_phi_mlp_restricts_rows_and_columns_exactly(step):
     assert (s(x) - full).abs().max() > 1e-2  # the removed units did contribute
 
     # and the teacher-posterior prior of that student is the aligned posterior
-    sp = bd.BNN(student, prior=TeacherPosterior(q, plan=plan, variance="posterior"))
+    sp = bd.BNN(student, prior=TeacherPosterior(q, plan=plan, scale="posterior"))
     assert torch.equal(sp.prior_loc, torch.cat([a.locs[n].reshape(-1) for n in sp.site_names]))
     assert torch.equal(sp.prior_scale, torch.cat([a.scales[n].reshape(-1) for n in sp.site_names]))
 
@@ -840,9 +840,9 @@ def _kl_check(plan, q, student_net, device="cpu", **prior_kw):
     aligned = plan.apply(q)
     expected = torch.zeros((), dtype=torch.float64)
     mine = {n: (l.cpu(), sc.cpu()) for n, (l, sc) in s.posterior().items()}
-    variance = prior_kw.get("variance", TeacherPosterior(q).variance)  # the library's default
+    scale = prior_kw.get("scale", TeacherPosterior(q).scale)  # the library's default
     for n in s.site_names:
-        p_scale = aligned.scales[n].cpu() if variance == "posterior" else torch.ones(())
+        p_scale = aligned.scales[n].cpu() if scale == "posterior" else torch.ones(())
         kl = kl_divergence(TorchNormal(mine[n][0].double(), mine[n][1].double()),
                            TorchNormal(aligned.locs[n].cpu().double(), p_scale.double()))
         expected = expected + kl.sum()
@@ -851,13 +851,13 @@ def _kl_check(plan, q, student_net, device="cpu", **prior_kw):
     torch.testing.assert_close(got.double().cpu(), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("variance", ["posterior", "unit"])
-def test_kl_of_a_student_with_the_aligned_teacher_prior(variance):
+@pytest.mark.parametrize("scale", ["posterior", "unit"])
+def test_kl_of_a_student_with_the_aligned_teacher_prior(scale):
     teacher, q = _teacher(_named_teacher())
     student = nn.Sequential(OrderedDict([("a", nn.Linear(3, 4)), ("r", nn.ReLU()), ("b", nn.Linear(4, 2))]))
     plan = bd.align(teacher, student)
     assert not plan.is_identity
-    _kl_check(plan, q, student, variance=variance)
+    _kl_check(plan, q, student, scale=scale)
 
 
 @needs_cuda
@@ -873,10 +873,10 @@ def test_cuda_identity_plan_and_kl():
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda, id="cuda")])
-@pytest.mark.parametrize("variance", [None, "posterior", "unit"])
-def test_aligned_prior_kl_on_device(device, variance):
+@pytest.mark.parametrize("scale", [None, "posterior", "unit"])
+def test_aligned_prior_kl_on_device(device, scale):
     """The plan and the prior on the teacher's device, with data-scored pruning and the
-    library's default variance (None) as well as both explicit ones."""
+    library's default scale (None) as well as both explicit ones."""
     teacher, q = _teacher(_named_teacher())
     teacher = teacher.to(device)
     qd = teacher.posterior()
@@ -884,7 +884,7 @@ def test_aligned_prior_kl_on_device(device, variance):
     probe = torch.randn(64, 3, generator=_seeded(9)).to(device)
     plan = bd.align(teacher, student, data=probe)
     assert plan.apply(qd).device.type == device
-    _kl_check(plan, qd, student, device=device, **({} if variance is None else {"variance": variance}))
+    _kl_check(plan, qd, student, device=device, **({} if scale is None else {"scale": scale}))
 
 
 def test_reloaded_teacher_posterior_is_still_the_plans_source(tmp_path):
