@@ -26,7 +26,7 @@ from .errors import (
     ShapeMismatchError,
     UnsupportedLayerError,
 )
-from .distill import AlignmentPlan, align
+from .distill import AlignmentPlan, align, student_from_teacher
 from .infer import FitResult, MeanFieldELBO, evaluate, fit, predict
 from .diagnostics import plots
 
@@ -42,6 +42,7 @@ __all__ = [
     "FitResult",
     "align",
     "AlignmentPlan",
+    "student_from_teacher",
     "distill",
     "evaluate",
     "predict",

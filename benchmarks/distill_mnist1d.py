@@ -11,7 +11,7 @@ Per seed:
 * Teacher: ``bd.models.build("cnn-deep", ...)`` (4 convs, 32 channels) on all 4000 training
   examples with the CLI's ``TEACHER_DEFAULTS`` recipe (100 epochs, Adam lr 3e-3, cosine, batch
   128, prior ``Normal(0, 1)``, kl_weight 0.5). Posteriors are cached in ``--cache``.
-* Alignment: ``bd.align(teacher, cnn-small, criterion=..., data=<the teacher's 4000 training
+* Alignment: ``bd.align(teacher, cnn-small, criterion=..., probe=<the teacher's 4000 training
   inputs>, max_probe=4000)`` for criteria snr/data/random with compensation (re-fit of the next
   layer's means on the probe data, removal="refit") and without (removal="permutation", nothing
   re-fitted). The aligned teacher itself (a student-shaped BNN with ``init=plan.apply(q)``) is
@@ -29,7 +29,7 @@ nats per example, ECE with 15 bins); mean and std over seeds. The issue's bar: w
 data the distilled student beats the plain one by >= 5 accuracy points and has lower NLL, per
 seed.
 
-``--pruning-curve`` (when ``bayesdistill.distill.pruning`` exists): the teacher's accuracy vs the
+``--pruning-curve``: the teacher's accuracy vs the
 fraction of units removed for criteria snr/data/random, with and without compensation, on the
 first seed; plotted to ``docs/figures/mnist1d_pruning_curve.png``.
 """
@@ -204,7 +204,7 @@ def run_seed(seed: int, cfg: argparse.Namespace) -> dict[str, Any]:
         if name not in needed:
             continue
         t0 = time.perf_counter()
-        plan = bd.align(teacher, build("cnn-small", full, seed), data=x_probe, max_probe=len(x_probe), seed=seed,
+        plan = bd.align(teacher, build("cnn-small", full, seed), probe=x_probe, max_probe=len(x_probe), seed=seed,
                         **PLANS[name])
         align_s = time.perf_counter() - t0
         plans[name] = plan
@@ -232,12 +232,7 @@ def run_seed(seed: int, cfg: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- pruning curve
-def pruning_curve(seed: int, cfg: argparse.Namespace) -> Optional[dict[str, Any]]:
-    try:
-        from bayesdistill.distill import pruning
-    except ImportError:
-        log("bayesdistill.distill.pruning does not exist (yet): pruning curve skipped")
-        return None
+def pruning_curve(seed: int, cfg: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     full = bd.datasets.load("mnist1d", seed=seed)
     teacher, _ = teacher_for(seed, full, cfg)
@@ -248,13 +243,12 @@ def pruning_curve(seed: int, cfg: argparse.Namespace) -> Optional[dict[str, Any]
     for crit in ("snr", "data", "random"):
         for comp in (True, False):
             t0 = time.perf_counter()
-            res = pruning.pruning_curve(teacher, full.test, fractions=fractions, criterion=crit, probe=probe,
-                                        compensation=comp, num_samples=cfg.curve_samples, seed=seed)
+            res = bd.distill.pruning_curve(teacher, full.test, fractions=fractions, criterion=crit, probe=probe,
+                                           compensation=comp, num_samples=cfg.curve_samples, seed=seed)
             name = f"{crit}{'+comp' if comp else ''}"
             curves[name] = [{"fraction": f, "accuracy": a, "nll": n, "output_error": e, "units": u}
-                            for f, a, n, e, u in zip(res["fraction"], res["accuracy"], res["nll"],
-                                                     res["output_error"], res["units"])]
-            log(f"pruning curve {name}: " + " ".join(f"{100 * a:.1f}" for a in res["accuracy"])
+                            for f, a, n, e, u in zip(res.fraction, res.values, res.nll, res.output_error, res.units)]
+            log(f"pruning curve {name}: " + " ".join(f"{100 * a:.1f}" for a in res.values)
                 + f" ({time.perf_counter() - t0:.0f} s)")
     return {"seed": seed, "fractions": fractions, "probe": len(probe), "num_samples": cfg.curve_samples,
             "curves": curves}

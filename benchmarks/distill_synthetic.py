@@ -23,7 +23,7 @@ fixed), batch size 8, Adam lr 3e-3 everywhere. Per seed s (data seed = training 
   - alignment (``ALIGNMENTS``): ``paper`` = criterion random, removal identity, no data, no
     compensation (the paper's experiments); ``snr-perm`` = criterion snr, removal permutation,
     no data; ``snr-refit`` = criterion snr, removal refit, probe data = the teacher's 900
-    training inputs, compensation on (what ``bd.align``'s defaults give with ``data=``);
+    training inputs, compensation on (what ``bd.align``'s defaults give with ``probe=``);
     ``data-refit`` = the same with criterion data.
   - scale: ``TeacherPosterior(q, plan=plan, scale=...)`` with ``posterior`` (the paper's
     full variant), ``unit`` (the paper's mean-only variant), ``learned`` (empirical Bayes).
@@ -156,7 +156,7 @@ def train_teacher(data, seed: int, args) -> tuple[bd.BNN, dict[str, Any]]:
 def make_plan(teacher: bd.BNN, student_net: nn.Module, alignment: str, data, seed: int) -> bd.AlignmentPlan:
     kw = dict(ALIGNMENTS[alignment])
     use_data = kw.pop("data")
-    return bd.align(teacher, student_net, data=data.train.tensors[0] if use_data else None, seed=seed, **kw)
+    return bd.align(teacher, student_net, probe=data.train.tensors[0] if use_data else None, seed=seed, **kw)
 
 
 def run_student(variant: str, student_net: nn.Module, teacher_q, plan: Optional[bd.AlignmentPlan], data,

@@ -22,6 +22,7 @@ from torch.distributions import kl_divergence
 import bayesdistill as bd
 from bayesdistill import DataError, MeanFieldPosterior, ShapeMismatchError, UnsupportedLayerError
 from bayesdistill.distill import CRITERIA, AlignmentPlan
+from bayesdistill.distill.align import Fold
 TeacherPosterior = bd.priors.TeacherPosterior
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -103,7 +104,7 @@ def test_identity_plan_same_architecture_maps_the_posterior_unchanged():
     teacher, q = _teacher(_mlp(3, 4, 2, seed=0))
     student = _mlp(3, 4, 2, seed=5)  # same architecture, other weights
     plan = bd.align(teacher, student)
-    assert plan.is_identity and plan.ops == []
+    assert plan.is_identity and plan.edits == []
     aligned = plan.apply(q)
     _assert_posteriors_equal(aligned, q)
     assert all(L["kept"] == list(range(L["teacher_units"])) and not L["removed"] for L in plan.layers)
@@ -124,7 +125,7 @@ def test_identity_plan_with_batchnorm_probe_data_and_point_estimates():
         net[1].running_mean.copy_(torch.tensor([0.1, -0.2, 0.3]))
         net[1].running_var.copy_(torch.tensor([0.5, 2.0, 1.5]))
     teacher, q = _teacher(net, likelihood=bd.likelihoods.Normal(scale=0.3))
-    plan = bd.align(teacher, net, data=torch.randn(20, 1, 5))
+    plan = bd.align(teacher, net, probe=torch.randn(20, 1, 5))
     assert plan.is_identity and plan.compensation
     assert plan.output_error == pytest.approx(0.0, abs=1e-12)
     # point estimates included: BatchNorm statistics (with num_batches_tracked) and the likelihood's
@@ -311,7 +312,7 @@ def test_align_with_data_leaves_a_training_mode_teacher_untouched(conv):
     teacher = bd.BNN(net, init_scale=0.1)
     assert teacher.training
     before = teacher.point_estimates()
-    plan = bd.align(teacher, net, data=x)  # identity plan
+    plan = bd.align(teacher, net, probe=x)  # identity plan
     assert teacher.training and teacher.net[3].training
     after = teacher.point_estimates()
     for k in before:
@@ -437,7 +438,7 @@ def _rel_err(pred, target) -> float:
 def test_compensation_lowers_the_error(step):
     teacher, q, x = _random_teacher_and_data()
     student = _mlp(4, 3, 3, seed=1)
-    kw = dict(data=x, criterion="snr", step=step)
+    kw = dict(probe=x, criterion="snr", step=step)
     plan_c = bd.align(teacher, student, compensation=True, **kw)
     plan_n = bd.align(teacher, student, compensation=False, **kw)
     assert plan_c.compensation and not plan_n.compensation
@@ -463,7 +464,7 @@ def test_compensation_lowers_the_error(step):
 def test_compensation_refit_is_the_least_squares_solution():
     teacher, q, x = _random_teacher_and_data()
     student = _mlp(4, 3, 3, seed=1)
-    plan = bd.align(teacher, student, data=x, compensation=True, step=1.0)
+    plan = bd.align(teacher, student, probe=x, compensation=True, step=1.0)
     keep = plan.layers[0]["kept"]
     assert len(plan.layers[1]["reconstruction"]) == 1
     w0, b0, w1, b1 = (q.locs[k] for k in ("0.weight", "0.bias", "2.weight", "2.bias"))
@@ -504,11 +505,11 @@ def test_iterative_rescoring_changes_the_order_only_when_means_are_refitted(seed
     student = _mlp(4, 4, 3, seed=100)
 
     def kept(**kw):
-        return bd.align(teacher, student, data=x, **kw).layers[0]["kept"]
+        return bd.align(teacher, student, probe=x, **kw).layers[0]["kept"]
 
     # the data criterion re-scores against the re-fitted next layer: one shot and iterative differ
-    one = bd.align(teacher, student, data=x, criterion="data", compensation=True, step=1.0)
-    it = bd.align(teacher, student, data=x, criterion="data", compensation=True, step=0.1)
+    one = bd.align(teacher, student, probe=x, criterion="data", compensation=True, step=1.0)
+    it = bd.align(teacher, student, probe=x, criterion="data", compensation=True, step=0.1)
     assert one.layers[0]["kept"] != it.layers[0]["kept"]
     assert one.layers[0]["trace"] != it.layers[0]["trace"]
     assert len({r for r, _, _ in it.layers[0]["trace"]}) == 8  # 8 excess units, ceil(0.1 * k) = 1 per round
@@ -520,7 +521,7 @@ def test_iterative_rescoring_changes_the_order_only_when_means_are_refitted(seed
     # verify the reason: per-unit scores across rounds
     for crit, comp in (("snr", False), ("data", False), ("snr", True), ("data", True)):
         rec = _Recorder(crit)
-        bd.align(teacher, student, data=x, criterion=rec, compensation=comp, step=0.1)
+        bd.align(teacher, student, probe=x, criterion=rec, compensation=comp, step=0.1)
         first = rec.calls[0]
         changed = [abs(c[u] - first[u]) > 1e-6 * max(1.0, abs(first[u])) for c in rec.calls[1:] for u in c]
         if comp:
@@ -577,7 +578,7 @@ def test_data_criterion_scores_are_the_units_output_energy(compensation):
     centred output energy; without, the whole contribution is lost: the raw energy."""
     teacher, q, x = _random_teacher_and_data(hidden=6)
     student = _mlp(4, 2, 3, seed=1)
-    plan = bd.align(teacher, student, data=x, criterion="data", compensation=compensation, step=1.0)
+    plan = bd.align(teacher, student, probe=x, criterion="data", compensation=compensation, step=1.0)
     h = torch.relu(x @ q.locs["0.weight"].T + q.locs["0.bias"])
     hc = h - h.mean(0) if compensation else h
     energy = hc.square().mean(0) * q.locs["2.weight"].square().sum(0)  # E ||(a_j [- mean]) w_j||^2
@@ -599,7 +600,7 @@ def test_data_criterion_for_a_convolution_feeding_a_convolution(compensation):
     student = nn.Sequential(nn.Conv1d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv1d(2, 3, 3, stride=2, padding=1), nn.ReLU(),
                             nn.Flatten(), nn.Linear(3 * 4, 2))
     x = torch.randn(50, 1, L, generator=_seeded(59))
-    plan = bd.align(teacher, student, data=x, criterion="data", compensation=compensation, step=1.0)
+    plan = bd.align(teacher, student, probe=x, criterion="data", compensation=compensation, step=1.0)
     a = torch.relu(F.conv1d(x, q.locs["0.weight"], q.locs["0.bias"], padding=1))
     if compensation:  # the mean goes into the re-fitted bias
         a = a - a.mean(0)
@@ -618,15 +619,15 @@ def test_probe_data_formats_and_a_bnn_student_give_the_same_plan():
     teacher, q, x = _random_teacher_and_data(hidden=6)
     y = torch.zeros(len(x), dtype=torch.long)
     student = _mlp(4, 3, 3, seed=1)
-    ref = bd.align(teacher, student, data=x, criterion="data")
+    ref = bd.align(teacher, student, probe=x, criterion="data")
     ds = torch.utils.data.TensorDataset(x, y)
     for data in ((x, y), ds, torch.utils.data.DataLoader(ds, batch_size=50)):
-        plan = bd.align(teacher, student, data=data, criterion="data")
+        plan = bd.align(teacher, student, probe=data, criterion="data")
         assert plan.layers == ref.layers and plan.output_error == ref.output_error
-    plan = bd.align(teacher, bd.BNN(student), data=x, criterion="data")
+    plan = bd.align(teacher, bd.BNN(student), probe=x, criterion="data")
     assert plan.layers == ref.layers
     _assert_posteriors_equal(plan.apply(q), ref.apply(q))
-    few = bd.align(teacher, student, data=x, criterion="data", max_probe=10)
+    few = bd.align(teacher, student, probe=x, criterion="data", max_probe=10)
     assert few.output_error != ref.output_error  # only the first 10 inputs were used
 
 
@@ -688,11 +689,11 @@ def test_unsupported_structures_raise_naming_the_module():
 def test_bad_probe_data_raises_data_error():
     teacher, _ = _teacher(_mlp(3, 4, 2))
     with pytest.raises(DataError, match="probe data do not fit the teacher"):
-        bd.align(teacher, _mlp(3, 2, 2), data=torch.randn(10, 5))
+        bd.align(teacher, _mlp(3, 2, 2), probe=torch.randn(10, 5))
     with pytest.raises(DataError, match="NaN"):
-        bd.align(teacher, _mlp(3, 2, 2), data=torch.full((4, 3), float("nan")))
+        bd.align(teacher, _mlp(3, 2, 2), probe=torch.full((4, 3), float("nan")))
     with pytest.raises(DataError, match="probe data must be"):
-        bd.align(teacher, _mlp(3, 2, 2), data="inputs.csv")
+        bd.align(teacher, _mlp(3, 2, 2), probe="inputs.csv")
 
 
 def test_a_layer_that_is_not_removable_raises_with_the_reason():
@@ -714,7 +715,7 @@ def test_apply_to_another_posterior():
     student = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
     x = torch.randn(64, 3, generator=_seeded(91))
     plain = bd.align(teacher, student, criterion=_keep_by_first_weight)
-    comp = bd.align(teacher, student, criterion=_keep_by_first_weight, data=x)
+    comp = bd.align(teacher, student, criterion=_keep_by_first_weight, probe=x)
     assert comp.compensation and plain.layers[0]["kept"] == comp.layers[0]["kept"] == [1, 3]
 
     # a posterior of another network
@@ -746,7 +747,7 @@ def test_apply_tells_apart_posteriors_that_differ_only_by_a_unit_permutation():
     student = _mlp(5, 3, 2)
     crit = lambda ctx: torch.arange(ctx.units, dtype=torch.float32)  # noqa: E731  keeps the last 3
     plain = bd.align(teacher, student, criterion=crit, step=1.0)
-    comp = bd.align(teacher, student, criterion=crit, step=1.0, data=torch.randn(64, 5, generator=_seeded(92)))
+    comp = bd.align(teacher, student, criterion=crit, step=1.0, probe=torch.randn(64, 5, generator=_seeded(92)))
     assert plain.layers[0]["kept"] == [3, 4, 5]
     perm = [0, 1, 5, 3, 4, 2]  # rows 2 and 5 of the first weight lie past its first 8 entries
     locs, scales = dict(q.locs), dict(q.scales)
@@ -780,10 +781,10 @@ def test_plan_save_load_round_trip(tmp_path):
     teacher, q = _teacher(_named_teacher())
     student = nn.Sequential(OrderedDict([("a", nn.Linear(3, 4)), ("r", nn.ReLU()), ("b", nn.Linear(4, 2))]))
     x = torch.randn(64, 3, generator=_seeded(102))
-    plan = bd.align(teacher, student, data=x, compensation=False, removal="permutation")
+    plan = bd.align(teacher, student, probe=x, compensation=False, removal="permutation")
     assert [L["removed"] for L in plan.layers] == [False, True, False]
     assert plan.param_map["fc_in.weight"] == "a.weight" and plan.param_map["fc_out.weight"] == "b.weight"
-    assert [op[0] for op in plan.ops].count("fold") == 1
+    assert [type(e) for e in plan.edits].count(Fold) == 1
     a = plan.apply(q)
     assert {k: tuple(v.shape) for k, v in a.locs.items()} == {
         "a.weight": (4, 3), "a.bias": (4,), "b.weight": (2, 4), "b.bias": (2,)}
@@ -815,8 +816,8 @@ def test_cnn_deep_to_cnn_small():
     teacher = bd.BNN(teacher_net, init_scale=0.05)
     q = teacher.posterior()
     x = torch.randn(64, 40, generator=_seeded(111))
-    plan_c = bd.align(teacher, student_net, data=x)
-    plan_n = bd.align(teacher, student_net, data=x, compensation=False)
+    plan_c = bd.align(teacher, student_net, probe=x)
+    plan_n = bd.align(teacher, student_net, probe=x, compensation=False)
     assert plan_c.compensation and plan_c.removal == "refit"
     for plan in (plan_c, plan_n):
         removed = [L["teacher"] for L in plan.layers if L["removed"]]
@@ -865,7 +866,7 @@ def test_cuda_identity_plan_and_kl():
     teacher, q = _teacher(_mlp(3, 4, 2, seed=0))
     teacher = teacher.to("cuda")
     qc = teacher.posterior()
-    plan = bd.align(teacher, _mlp(3, 4, 2, seed=5), data=torch.randn(32, 3, device="cuda"))
+    plan = bd.align(teacher, _mlp(3, 4, 2, seed=5), probe=torch.randn(32, 3, device="cuda"))
     assert plan.is_identity
     a = plan.apply(qc)
     assert a.device.type == "cuda"
@@ -882,7 +883,7 @@ def test_aligned_prior_kl_on_device(device, scale):
     qd = teacher.posterior()
     student = nn.Sequential(OrderedDict([("a", nn.Linear(3, 4)), ("r", nn.ReLU()), ("b", nn.Linear(4, 2))]))
     probe = torch.randn(64, 3, generator=_seeded(9)).to(device)
-    plan = bd.align(teacher, student, data=probe)
+    plan = bd.align(teacher, student, probe=probe)
     assert plan.apply(qd).device.type == device
     _kl_check(plan, qd, student, device=device, **({} if scale is None else {"scale": scale}))
 
@@ -891,7 +892,7 @@ def test_reloaded_teacher_posterior_is_still_the_plans_source(tmp_path):
     torch.manual_seed(0)
     teacher = bd.BNN(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), init_scale=0.05)
     x = torch.randn(64, 4)
-    plan = bd.align(teacher, nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), data=x)
+    plan = bd.align(teacher, nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), probe=x)
     assert plan.compensation
     reloaded = bd.BNN(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
     reloaded.load_posterior(bd.MeanFieldPosterior.load(teacher.posterior().save(tmp_path / "t.pt")))

@@ -130,14 +130,14 @@ def test_pruning_curve_starts_at_the_teacher_and_degrades(toy_teacher):
     own = bd.evaluate(teacher, test, num_samples=16, seed=3)
     assert own["accuracy"] > 0.95
     curve = pruning_curve(teacher, test, criterion="snr", fractions=(0.0, 0.5, 0.9), num_samples=16, seed=3)
-    assert curve["fraction"] == [0.0, 0.5, 0.9]
-    assert curve["metric"] == "accuracy" and curve["criterion"] == "snr" and curve["compensation"] is False
-    assert curve["units"] == [[32, 32], [16, 16], [3, 3]]
-    assert curve["accuracy"][0] == pytest.approx(own["accuracy"], abs=1e-6)
-    assert curve["nll"][0] == pytest.approx(own["nll"], rel=1e-5)
-    assert curve["accuracy"][2] < own["accuracy"] - 0.2
-    assert curve["nll"][2] > own["nll"] + 0.3
-    assert curve["output_error"] == [None, None, None]
+    assert curve.fraction == [0.0, 0.5, 0.9]
+    assert curve.metric == "accuracy" and curve.criterion == "snr" and curve.compensation is False
+    assert curve.units == [[32, 32], [16, 16], [3, 3]]
+    assert curve.values[0] == pytest.approx(own["accuracy"], abs=1e-6)
+    assert curve.nll[0] == pytest.approx(own["nll"], rel=1e-5)
+    assert curve.values[2] < own["accuracy"] - 0.2
+    assert curve.nll[2] > own["nll"] + 0.3
+    assert curve.output_error == [None, None, None]
 
 
 def test_pruning_curve_compensation_needs_and_uses_probe(toy_teacher):
@@ -148,12 +148,12 @@ def test_pruning_curve_compensation_needs_and_uses_probe(toy_teacher):
         pruning_curve(teacher, test, criterion="data", fractions=(0.5,))
     plain = pruning_curve(teacher, test, fractions=(0.0, 0.7), num_samples=8)
     comp = pruning_curve(teacher, test, fractions=(0.0, 0.7), compensation=True, probe=x, num_samples=8)
-    assert comp["compensation"] is True
-    assert comp["accuracy"][0] == plain["accuracy"][0]
-    assert comp["output_error"][0] == pytest.approx(0.0, abs=1e-9) and comp["output_error"][1] < 0.1
-    assert comp["nll"][1] < plain["nll"][1]  # re-fitting the next layer keeps the function
+    assert comp.compensation is True
+    assert comp.values[0] == plain.values[0]
+    assert comp.output_error[0] == pytest.approx(0.0, abs=1e-9) and comp.output_error[1] < 0.1
+    assert comp.nll[1] < plain.nll[1]  # re-fitting the next layer keeps the function
     random = pruning_curve(teacher, test, criterion="random", fractions=(0.7,), num_samples=8, seed=1)
-    assert random["criterion"] == "random" and len(random["accuracy"]) == 1
+    assert random.criterion == "random" and len(random.values) == 1
     with pytest.raises(ValueError, match="fraction"):
         pruning_curve(teacher, test, fractions=(1.0,))
     with pytest.raises(TypeError):
@@ -168,8 +168,8 @@ def test_pruning_curve_regression_reports_rmse():
     teacher = bd.BNN(net, likelihood=bd.likelihoods.Normal(scale=0.1, learn_scale=True), dataset_size=200)
     bd.fit(teacher, (x, y), epochs=5, lr=1e-2, progress=False, seed=0)
     curve = pruning_curve(teacher, (x, y), fractions=(0.0, 0.5), num_samples=8)
-    assert curve["metric"] == "rmse" and "accuracy" not in curve
-    assert curve["rmse"][0] == pytest.approx(bd.evaluate(teacher, (x, y), num_samples=8)["rmse"], rel=1e-5)
+    assert curve.metric == "rmse"
+    assert curve.values[0] == pytest.approx(bd.evaluate(teacher, (x, y), num_samples=8)["rmse"], rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -184,7 +184,7 @@ def cnn_plan():
         teacher = bd.BNN(bd.models.build("cnn-deep", (40,), 10), dataset_size=96)
         student = bd.models.build("cnn-small", (40,), 10)
     bd.fit(teacher, (x, y), epochs=1, batch_size=32, progress=False)
-    return bd.align(teacher, student, data=x), teacher, (x, y)
+    return bd.align(teacher, student, probe=x), teacher, (x, y)
 
 
 def test_alignment_plot(cnn_plan, tmp_path):
@@ -237,8 +237,8 @@ def test_pruning_curve_plot_overlays_curves(cnn_plan):
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     left, right = fig.axes
     assert len(left.lines) == 2 and len(right.lines) == 2
-    assert list(left.lines[1].get_ydata()) == curves[1]["accuracy"]
-    assert list(right.lines[0].get_ydata()) == curves[0]["nll"]
+    assert list(left.lines[1].get_ydata()) == curves[1].values
+    assert list(right.lines[0].get_ydata()) == curves[0].nll
     assert left.lines[0].get_linestyle() == "--" and left.lines[1].get_linestyle() == "-"
     assert "accuracy" in left.get_ylabel() and "NLL" in right.get_ylabel()
     assert fig.curves[0]["fraction"] == [0.0, 0.5]

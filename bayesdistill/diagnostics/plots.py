@@ -537,6 +537,14 @@ def alignment(plan: Any, ax: Optional["Axes"] = None) -> "Figure":
 
 
 # --------------------------------------------------------------------------- pruning curve
+def _curve_dict(curve: Any) -> dict[str, Any]:
+    """A curve as a dict with its values also under the metric's name (a PruningCurve or its data)."""
+    d = curve.to_dict() if hasattr(curve, "to_dict") else dict(curve)
+    if "values" in d and d.get("metric") and d["metric"] not in d:
+        d[d["metric"]] = d["values"]
+    return d
+
+
 def _curve_label(curve: Mapping[str, Any]) -> str:
     comp = curve.get("compensation")
     suffix = "" if comp is None else (", compensated" if comp else ", no compensation")
@@ -557,9 +565,9 @@ def pruning_curve(
 ) -> "Figure":
     """Test accuracy (or RMSE) and NLL of a teacher aligned to narrower copies of itself.
 
-    Call it with precomputed curves (dicts returned by
-    :func:`bayesdistill.distill.pruning_curve`; a list overlays them, e.g. several criteria, with
-    and without compensation)::
+    Call it with precomputed curves (:class:`~bayesdistill.distill.PruningCurve` objects returned
+    by :func:`bayesdistill.distill.pruning_curve`, or their ``to_dict()`` data; a list overlays
+    them, e.g. several criteria, with and without compensation)::
 
         plots.pruning_curve([curve_snr, curve_snr_comp, curve_random])
 
@@ -579,21 +587,21 @@ def pruning_curve(
     if isinstance(teacher_or_curves, BNN):
         if data is None:
             raise TypeError("pruning_curve(teacher, data): data (labelled evaluation data) is missing")
-        from ..distill import pruning
+        from ..distill.align import pruning_curve as compute_curve
 
         crits = [criterion] if isinstance(criterion, str) or callable(criterion) else list(criterion)
         comps = [compensation] if isinstance(compensation, bool) else [bool(c) for c in compensation]
         kw: dict[str, Any] = {"probe": probe, "num_samples": num_samples, "seed": seed}
         if fractions is not None:
             kw["fractions"] = fractions
-        curves = [pruning.pruning_curve(teacher_or_curves, data, criterion=c, compensation=comp, **kw)
+        curves = [_curve_dict(compute_curve(teacher_or_curves, data, criterion=c, compensation=comp, **kw))
                   for c in crits for comp in comps]
-    elif isinstance(teacher_or_curves, Mapping):
-        curves = [dict(teacher_or_curves)]
+    elif isinstance(teacher_or_curves, Mapping) or hasattr(teacher_or_curves, "to_dict"):
+        curves = [_curve_dict(teacher_or_curves)]
     elif isinstance(teacher_or_curves, Sequence) and teacher_or_curves and all(
-        isinstance(c, Mapping) for c in teacher_or_curves
+        isinstance(c, Mapping) or hasattr(c, "to_dict") for c in teacher_or_curves
     ):
-        curves = [dict(c) for c in teacher_or_curves]
+        curves = [_curve_dict(c) for c in teacher_or_curves]
     else:
         raise TypeError(
             "pruning_curve() expects a trained BNN (with data) or curve dicts from "
