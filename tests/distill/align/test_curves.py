@@ -1,4 +1,4 @@
-"""Tests for bayesdistill.distill.pruning (narrow, pruning_curve) and the alignment plots."""
+"""Narrowed architectures and pruning curves (distill/align/curves.py), and the alignment plots."""
 
 from __future__ import annotations
 
