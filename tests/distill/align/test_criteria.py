@@ -12,12 +12,24 @@ from torch import nn
 
 import bayesdistill as bd
 from bayesdistill import DataError, MeanFieldPosterior
+from bayesdistill.distill import CRITERIA, register_criterion
 from _align_helpers import (
-    seeded,
-    mlp,
+    hand_mlp_teacher,
+    keep_by_first_weight,
     make_teacher,
+    mlp,
     random_teacher_and_data,
+    seeded,
 )
+
+
+@pytest.fixture
+def criteria_registry():
+    """Restore the criterion registry after a test that registers its own criteria."""
+    before = dict(CRITERIA)
+    yield CRITERIA
+    CRITERIA.clear()
+    CRITERIA.update(before)
 
 
 def test_random_criterion_is_reproducible_by_seed():
@@ -119,3 +131,51 @@ def test_criterion_errors():
         bd.align(teacher, student, removal="drop")
     with pytest.raises(DataError, match="compensation"):
         bd.align(teacher, student, compensation=True)
+
+
+# ----------------------------------------------------------------------------- the registry
+def test_the_built_in_criteria_are_registered():
+    assert {"random", "snr", "data"} <= set(CRITERIA)
+    assert CRITERIA["data"].needs_probe and not CRITERIA["snr"].needs_probe and not CRITERIA["random"].needs_probe
+
+
+def test_a_criterion_registered_by_name_is_used_by_align(criteria_registry):
+    rounds = []
+
+    @register_criterion("first-weight")
+    def first_weight(ctx):
+        rounds.append((ctx.round, ctx.units))
+        return keep_by_first_weight(ctx)
+
+    assert criteria_registry["first-weight"] is first_weight and first_weight.needs_probe is False
+    teacher, q = make_teacher(hand_mlp_teacher())
+    student = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
+    plan = bd.align(teacher, student, criterion="first-weight", step=0.5)
+    assert plan.criterion == "first-weight"
+    assert plan.layers[0]["kept"] == [1, 3] and rounds == [(0, 4), (1, 3)]
+    # the same plan as passing the function itself
+    direct = bd.align(teacher, student, criterion=keep_by_first_weight, step=0.5)
+    assert direct.layers == plan.layers and direct.criterion == "keep_by_first_weight"
+    with pytest.raises(ValueError, match="already registered"):
+        register_criterion("first-weight")(lambda ctx: ctx.w_loc[:, 0])
+    with pytest.raises(ValueError, match="already registered"):
+        register_criterion("snr")(first_weight)
+    with pytest.raises(ValueError, match="non-empty"):
+        register_criterion("")
+
+
+def test_a_registered_criterion_that_needs_probe_data(criteria_registry):
+    @register_criterion("mean-activation", needs_probe=True)
+    def mean_activation(ctx):
+        return ctx.activations.reshape(len(ctx.activations), ctx.units, -1).mean((0, 2))
+
+    teacher, q, x = random_teacher_and_data(hidden=6)
+    student = mlp(4, 2, 3, seed=1)
+    with pytest.raises(DataError, match="criterion='mean-activation' needs probe data"):
+        bd.align(teacher, student, criterion="mean-activation")
+    plan = bd.align(teacher, student, criterion="mean-activation", probe=x, compensation=False, step=1.0)
+    h = torch.relu(x @ q.locs["0.weight"].T + q.locs["0.bias"])
+    assert plan.layers[0]["kept"] == sorted(torch.argsort(h.mean(0), descending=True)[:2].tolist())
+    y = torch.zeros(len(x), dtype=torch.long)
+    with pytest.raises(DataError, match="mean-activation.*probe="):
+        bd.distill.pruning_curve(teacher, (x, y), criterion="mean-activation", fractions=(0.5,))
