@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import OrderedDict
 
@@ -12,16 +13,16 @@ from torch import nn
 import bayesdistill as bd
 from bayesdistill import MeanFieldPosterior, ShapeMismatchError
 from bayesdistill.distill import AlignmentPlan
-from bayesdistill.distill.align import Fold
+from bayesdistill.distill.align import Chain, Fold, LayerGeometry, PosteriorEditor, Refit, Restrict
 from _align_helpers import (
-    seeded,
-    mlp,
-    make_teacher,
-    other_posterior,
     assert_posteriors_equal,
-    keep_by_first_weight,
     hand_mlp_teacher,
+    keep_by_first_weight,
+    make_teacher,
+    mlp,
     named_teacher,
+    other_posterior,
+    seeded,
 )
 
 
@@ -122,3 +123,78 @@ def test_reloaded_teacher_posterior_is_still_the_plans_source(tmp_path):
     swapped.locs["0.weight"] = swapped.locs["0.weight"][[1, 0, *range(2, 8)]]
     with pytest.raises(ValueError, match="re-fitted"):
         plan.apply(swapped)
+
+
+# ----------------------------------------------------------------------------- typed edits
+def _small_student() -> nn.Sequential:
+    return nn.Sequential(OrderedDict([("a", nn.Linear(3, 4)), ("r", nn.ReLU()), ("b", nn.Linear(4, 2))]))
+
+
+def test_typed_edits_round_trip_through_save_load_and_replay_to_the_same_posterior(tmp_path):
+    teacher, q = make_teacher(named_teacher())
+    student = _small_student()
+    plan = bd.align(teacher, student, removal="permutation", step=0.5)
+    assert {type(e) for e in plan.edits} == {Restrict, Fold}
+    assert all(isinstance(e.layer, int) for e in plan.edits)
+    assert all(isinstance(e.keep, tuple) for e in plan.edits if isinstance(e, Restrict))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.edits[0].layer = 2
+    assert plan.geometry == tuple(LayerGeometry(p, "linear", i, o, True) for p, i, o in
+                                  (("fc_in", 3, 6), ("fc_mid", 6, 6), ("fc_out", 6, 2)))
+
+    loaded = AlignmentPlan.load(plan.save(tmp_path / "plan.pt"))
+    assert loaded.edits == plan.edits and loaded.geometry == plan.geometry
+    assert [type(e) for e in loaded.edits] == [type(e) for e in plan.edits]
+    # replaying the loaded edits one by one on the teacher's posterior gives the aligned posterior
+    editor = PosteriorEditor(Chain([], [g.to_layer(i) for i, g in enumerate(loaded.geometry)]), q)
+    for edit in loaded.edits:
+        edit.replay(editor)
+    assert_posteriors_equal(editor.export(loaded.param_map, loaded.student_shapes), plan.aligned)
+    q2 = other_posterior(q)
+    assert_posteriors_equal(loaded.apply(q2), plan.apply(q2))
+
+    # compensation adds Refit edits: saved and loaded in order, but not replayable on another posterior
+    comp = bd.align(teacher, student, probe=torch.randn(64, 3, generator=seeded(103)))
+    refits = [e for e in comp.edits if isinstance(e, Refit)]
+    assert {e.layer for e in refits} == {1, 2}  # after each pruning round of layers 0 and 1, and the fold
+    loaded_c = AlignmentPlan.load(comp.save(tmp_path / "comp.pt"))
+    assert loaded_c.edits == comp.edits
+    assert_posteriors_equal(loaded_c.apply(q), comp.aligned)
+    with pytest.raises(ValueError, match="re-fitted"):
+        loaded_c.apply(q2)
+    with pytest.raises(ValueError, match="cannot be replayed"):
+        refits[0].replay(editor)
+
+
+def _v1_state(plan: AlignmentPlan) -> dict:
+    """The state a plan of format version 1 had: untyped ``ops`` and the geometry as ``chain``."""
+    ops = []
+    for e in plan.edits:
+        if isinstance(e, Restrict):
+            ops.append(["restrict", e.layer, list(e.keep)])
+        elif isinstance(e, Fold):
+            ops.append(["fold", e.layer, e.mix])
+        else:
+            ops.append(["set", e.layer])
+    chain = [{"path": g.path, "in": g.in_units, "out": g.out_units, "bias": g.bias, "kind": g.kind,
+              "norms": [list(n) for n in g.norms]} for g in plan.geometry]
+    state = {k: v for k, v in plan.state().items() if k not in ("edits", "geometry")}
+    return {**state, "version": 1, "ops": ops, "chain": chain}
+
+
+def test_a_version_1_plan_is_read_and_other_versions_are_refused(tmp_path):
+    teacher, q = make_teacher(named_teacher())
+    x = torch.randn(64, 3, generator=seeded(104))
+    for plan in (bd.align(teacher, _small_student(), removal="permutation"), bd.align(teacher, _small_student(), probe=x)):
+        torch.save(_v1_state(plan), tmp_path / "v1.pt")
+        old = AlignmentPlan.load(tmp_path / "v1.pt")
+        assert old.edits == plan.edits and old.geometry == plan.geometry and old.layers == plan.layers
+        assert_posteriors_equal(old.apply(q), plan.apply(q))
+    # the replay path of a version-1 plan (restrict, fold) on another posterior
+    plain = bd.align(teacher, _small_student(), removal="permutation")
+    q2 = other_posterior(q)
+    assert_posteriors_equal(AlignmentPlan.from_state(_v1_state(plain)).apply(q2), plain.apply(q2))
+    with pytest.raises(ValueError, match=r"version 99 is not supported.*versions 1, 2"):
+        AlignmentPlan.from_state({**plan.state(), "version": 99})
+    with pytest.raises(ValueError, match="format tag"):
+        AlignmentPlan.from_state({"layers": []})
