@@ -11,19 +11,20 @@ import torch
 from torch import nn
 
 import bayesdistill as bd
-from bayesdistill import DataError
+from bayesdistill import DataError, ShapeMismatchError
 from bayesdistill.distill import CRITERIA
+from bayesdistill.distill.align import Refit, Restrict
 from _align_helpers import (
-    seeded,
-    mlp,
-    make_teacher,
-    other_posterior,
+    TeacherPosterior,
     assert_posteriors_equal,
-    student_at,
-    set_bn,
+    make_teacher,
+    mlp,
+    other_posterior,
     random_teacher_and_data,
     rel_err,
-    TeacherPosterior,
+    seeded,
+    set_bn,
+    student_at,
 )
 
 
@@ -208,3 +209,42 @@ def test_cnn_deep_to_cnn_small():
     s.eval()
     teacher.eval()
     assert rel_err(s(x), teacher(x)) == pytest.approx(plan_c.output_error, rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- defaults and order
+def test_the_defaults_that_depend_on_the_probe_data():
+    """The documented rule: probe data switch compensation on and removal "auto" to "refit";
+    nothing else (the criterion stays "snr")."""
+    teacher, q, x = random_teacher_and_data(hidden=6)
+    student = mlp(4, 3, 3, seed=1)
+    plain = bd.align(teacher, student)
+    assert (plain.criterion, plain.compensation, plain.removal) == ("snr", False, "permutation")
+    assert plain.output_error is None and all(isinstance(e, Restrict) for e in plain.edits)
+    probed = bd.align(teacher, student, probe=x)
+    assert (probed.criterion, probed.compensation, probed.removal) == ("snr", True, "refit")
+    assert any(isinstance(e, Refit) for e in probed.edits)
+    # probe data for the reported errors only: the plan of no probe data, plus the errors
+    measured = bd.align(teacher, student, probe=x, compensation=False, removal="permutation")
+    assert (measured.compensation, measured.removal) == (False, "permutation")
+    assert measured.edits == plain.edits and measured.output_error is not None
+    assert_posteriors_equal(measured.apply(q), plain.apply(q))
+    with pytest.raises(TypeError, match="data"):
+        bd.align(teacher, student, data=x)  # the probe inputs have one name: probe=
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    """Probe data that must not be read."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        raise AssertionError("the probe data were read")
+
+
+def test_align_checks_the_student_before_reading_the_probe_data():
+    teacher, _ = make_teacher(mlp(3, 4, 2))
+    with pytest.raises(ShapeMismatchError, match="wider"):
+        bd.align(teacher, mlp(3, 5, 2), probe=_Unreadable())
+    with pytest.raises(ShapeMismatchError, match="input sizes differ"):
+        bd.align(teacher, mlp(5, 4, 2), probe=torch.utils.data.DataLoader(_Unreadable()))
