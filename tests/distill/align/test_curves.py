@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import matplotlib
@@ -15,7 +16,7 @@ from torch import nn
 
 import bayesdistill as bd
 from bayesdistill.diagnostics import plots
-from bayesdistill.distill import narrow, pruning_curve
+from bayesdistill.distill import PruningCurve, narrow, pruning_curve
 
 from _helpers import toy_classification, toy_regression
 
@@ -172,6 +173,26 @@ def test_pruning_curve_regression_reports_rmse():
     assert curve.values[0] == pytest.approx(bd.evaluate(teacher, (x, y), num_samples=8)["rmse"], rel=1e-5)
 
 
+def test_pruning_curve_result_fields_and_plain_data():
+    curve = PruningCurve(criterion="snr", compensation=True, metric="accuracy", fraction=[0.0, 0.5],
+                         values=[0.9, 0.6], nll=[0.3, 1.2], units=[[32, 32], [16, 16]], output_error=[0.0, 0.2])
+    assert [f.name for f in dataclasses.fields(PruningCurve)] == [
+        "criterion", "compensation", "metric", "fraction", "values", "nll", "units", "output_error"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        curve.metric = "rmse"
+    d = curve.to_dict()
+    assert json.loads(json.dumps(d)) == d and d["values"] == [0.9, 0.6] and d["units"] == [[32, 32], [16, 16]]
+    assert PruningCurve.from_dict(d) == curve
+    d["units"][0].append(1)
+    assert curve.units == [[32, 32], [16, 16]]  # to_dict is a copy
+    # the former dicts (values under the metric's name) are read too
+    old = {"fraction": [0.0], "rmse": [0.4], "nll": [0.3], "metric": "rmse", "criterion": "random",
+           "compensation": False, "units": [[4]], "output_error": [None]}
+    assert PruningCurve.from_dict(old).values == [0.4] and PruningCurve.from_dict(old).metric == "rmse"
+    with pytest.raises(ValueError, match="missing"):
+        PruningCurve.from_dict({"fraction": [0.0]})
+
+
 # ----------------------------------------------------------------------------- plots
 @pytest.fixture(scope="module")
 def cnn_plan():
@@ -242,8 +263,10 @@ def test_pruning_curve_plot_overlays_curves(cnn_plan):
     assert left.lines[0].get_linestyle() == "--" and left.lines[1].get_linestyle() == "-"
     assert "accuracy" in left.get_ylabel() and "NLL" in right.get_ylabel()
     assert fig.curves[0]["fraction"] == [0.0, 0.5]
-    # a single dict, and computed from the teacher (criteria x compensation settings)
+    # a single curve, the curves' to_dict() data, and computed from the teacher (criteria x compensation settings)
     assert len(plots.pruning_curve(curves[0]).axes[0].lines) == 1
+    data = [c.to_dict() for c in curves]
+    assert list(plots.pruning_curve(data).axes[0].lines[1].get_ydata()) == curves[1].values
     fig = plots.pruning_curve(teacher, (x, y), criterion=["snr", "random"], fractions=(0.0, 0.5),
                               num_samples=4, compensation=[False, True], probe=x)
     assert len(fig.axes[0].lines) == 4

@@ -12,19 +12,22 @@ import torch.nn.functional as F
 from torch import nn
 
 import bayesdistill as bd
+from bayesdistill import MeanFieldPosterior, ShapeMismatchError, UnsupportedLayerError
+from bayesdistill.distill import parse_chain
+from bayesdistill.distill.align import PosteriorEditor
 from _align_helpers import (
-    seeded,
-    set_weights,
-    mlp,
-    make_teacher,
-    keep_by_first_weight,
-    student_at,
-    hand_mlp_teacher,
+    TeacherPosterior,
     bn_reference,
-    set_bn,
+    hand_mlp_teacher,
+    keep_by_first_weight,
+    make_teacher,
+    mlp,
     random_teacher_and_data,
     rel_err,
-    TeacherPosterior,
+    seeded,
+    set_bn,
+    set_weights,
+    student_at,
 )
 
 
@@ -182,3 +185,54 @@ def test_compensation_refit_is_the_least_squares_solution():
     lstsq_err = rel_err(design @ sol, target)
     assert rec["after"] == pytest.approx(lstsq_err, rel=1e-3, abs=1e-6)
     assert rec["after"] < rec["before"]
+
+
+# ----------------------------------------------------------------------------- the editor directly
+def test_the_editor_restricts_folds_runs_refits_and_exports():
+    teacher, q = make_teacher(mlp(3, 3, 3, 2, seed=4))  # layers '0', '2', '4'
+    ed = PosteriorEditor(parse_chain(teacher.net), q)
+    assert ed.kept == [[0, 1, 2], [0, 1, 2], [0, 1]] and ed.group == [1, 1, 1] and ed.removed == [False] * 3
+    # phi: rows of layer 0, columns of layer 1, means and scales alike
+    ed.restrict(0, [2, 0])
+    for mine, src in ((ed.Wm, q.locs), (ed.Ws, q.scales)):
+        assert torch.equal(mine[0], src["0.weight"][[2, 0]]) and torch.equal(mine[1], src["2.weight"][:, [2, 0]])
+    assert torch.equal(ed.bm[0], q.locs["0.bias"][[2, 0]]) and ed.kept[0] == [2, 0]
+    # psi: layer 1 replaced by a map M [3, 2]; the next layer absorbs it, the bias is carried through
+    mix = torch.tensor([[0.0, 2.0], [1.0, 0.0], [0.0, 0.5]])
+    ed.fold(1, mix)
+    w4, s4 = q.locs["4.weight"], q.scales["4.weight"]
+    torch.testing.assert_close(ed.Wm[2], w4 @ mix)
+    torch.testing.assert_close(ed.Ws[2], (s4.square() @ mix.square()).sqrt())
+    torch.testing.assert_close(ed.bm[2], q.locs["4.bias"] + w4 @ q.locs["2.bias"])
+    assert ed.removed == [False, True, False]
+    # the edited network at its means: the removed layer is skipped
+    x = torch.randn(64, 3, generator=seeded(6))
+    ins, pres, _, out = ed.run(x)
+    h = torch.relu(x @ q.locs["0.weight"][[2, 0]].T + q.locs["0.bias"][[2, 0]])
+    assert set(pres) == {0, 2} and torch.equal(ins[2], h)
+    torch.testing.assert_close(out, h @ ed.Wm[2].T + ed.bm[2])
+    # a re-fit: layer 2's means by least squares onto a target it can reach exactly
+    a, c = torch.randn(2, 2, generator=seeded(7)), torch.randn(2, generator=seeded(8))
+    scales_before = ed.Ws[2].clone()
+    before, after = ed.refit(2, ins[2], h @ a.T + c)
+    assert before > 0.1 and after < 1e-4
+    torch.testing.assert_close(ed.Wm[2], a, rtol=1e-2, atol=1e-2)
+    assert torch.equal(ed.Ws[2], scales_before)  # means only
+    # export under the student's names, checked against its shapes
+    names = {"0.weight": "a.weight", "0.bias": "a.bias", "4.weight": "b.weight", "4.bias": "b.bias"}
+    post = ed.export(names, {"a.weight": [2, 3], "b.weight": [2, 2]})
+    assert list(post.locs) == ["a.weight", "a.bias", "b.weight", "b.bias"]
+    assert torch.equal(post.locs["b.weight"], ed.Wm[2]) and post.info["a.weight"].module_type == "Linear"
+    with pytest.raises(ShapeMismatchError, match=r"'a\.weight' has shape \(2, 3\) but the student expects \(5, 3\)"):
+        ed.export(names, {"a.weight": [5, 3]})
+
+
+def test_the_editor_refuses_what_it_cannot_relate():
+    teacher, q = make_teacher(mlp(3, 4, 2))
+    partial = MeanFieldPosterior({"2.weight": q.locs["2.weight"]}, {"2.weight": q.scales["2.weight"]})
+    with pytest.raises(ShapeMismatchError, match=r"no entry '0\.weight' for layer '0'"):
+        PosteriorEditor(parse_chain(teacher.net), partial)
+    net = nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(10, 2))
+    bnn = bd.BNN(net)
+    with pytest.raises(UnsupportedLayerError, match=r"'3' reads 10 features after the 4 channels of '0'"):
+        PosteriorEditor(parse_chain(bnn.net), bnn.posterior())
