@@ -112,7 +112,7 @@ def align(
     run.execute()
     output_error = run.measure_errors()
     plan = AlignmentPlan(
-        layers=run.records, criterion=criterion_name, removal=rule.name, compensation=compensation, step=step,
+        layers=run.records, criterion=criterion_name, removal=rule.label, compensation=compensation, step=step,
         teacher_shapes={k: list(v.shape) for k, v in q.locs.items()},
         student_shapes=_student_shapes(student, schain), param_map=run.param_map(),
         edits=run.edits, geometry=geometry_of(tchain), output_error=output_error,
@@ -171,7 +171,7 @@ def _check_probe_needs(x: Optional[Tensor], criterion: Optional[str], compensati
     needs = [why for why, need in (
         (f"criterion={criterion!r}", criterion is not None),
         ("compensation=True", compensation),
-        (f"removal={rule.name!r}", rule.needs_probe or rule.refits_next),
+        (f"removal={rule.label!r}", rule.needs_probe or rule.refits_next),
     ) if need]
     if needs and x is None:
         raise DataError(f"{', '.join(needs)} needs probe data: pass probe= (teacher inputs) to bd.align")

@@ -113,6 +113,11 @@ class Removal:
     needs_probe: ClassVar[bool] = False
     refits_next: ClassVar[bool] = False
 
+    @property
+    def label(self) -> str:
+        """The registered name, or the class name of an unregistered rule (what a plan records)."""
+        return self.name or type(self).__name__
+
     def score(self, w: Tensor) -> float:
         """How far a teacher layer's weights (teacher shapes) are from removable; lower goes first.
 
@@ -128,7 +133,7 @@ class Removal:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r})"
+        return f"{type(self).__name__}(name={self.label!r})"
 
 
 #: Registered removal rules: name -> :class:`Removal` subclass.

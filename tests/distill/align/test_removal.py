@@ -199,8 +199,17 @@ def test_a_removal_rule_registered_by_a_class_is_used_by_align(removal_registry)
     torch.testing.assert_close(a.locs["2.weight"], 0.5 * q.locs["4.weight"])
     torch.testing.assert_close(a.scales["2.weight"], 0.5 * q.scales["4.weight"])  # sqrt(S^2 (I/2)^2)
     assert plan.layers[1]["residual"] == pytest.approx(0.5)  # ||I - I/2|| / ||I||
-    # an instance (registered or not) works too; the plan records its name
+    # an instance works too; the plan records its name (an unregistered rule: its class name)
     assert bd.align(teacher, student, removal=_HalfIdentity()).removal == "half-identity"
+
+    class Unregistered(Removal):
+        refits_next = True
+
+        def mix(self, w):
+            return torch.eye(w.shape[0])
+
+    with pytest.raises(DataError, match="removal='Unregistered' needs probe data"):  # it re-fits the next layer
+        bd.align(teacher, student, removal=Unregistered())
     with pytest.raises(ValueError, match="already registered"):
         register_removal("identity")(_HalfIdentity)
     with pytest.raises(TypeError, match="Removal subclass"):
