@@ -28,7 +28,7 @@ from .errors import (
     ShapeMismatchError,
     UnsupportedLayerError,
 )
-from .distill import AlignmentPlan, align
+from .distill import AlignmentPlan, align, student_from_teacher
 from . import infer
 from .infer import FitResult, MeanFieldELBO, SVIEngine, evaluate, fit, predict
 from .infer import callbacks
@@ -49,6 +49,7 @@ __all__ = [
     "callbacks",
     "align",
     "AlignmentPlan",
+    "student_from_teacher",
     "distill",
     "evaluate",
     "predict",

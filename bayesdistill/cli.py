@@ -86,7 +86,7 @@ TEACHER_DEFAULTS: dict[str, Any] = {
 #: Default distillation settings, used by ``distill`` (for options not given) and ``demo``:
 #: student training (``epochs``, ``lr``, ``batch_size``, ``kl_weight``, ``lr_schedule``), the
 #: alignment (``criterion``, ``compensation``: least-squares re-fits on the teacher's training
-#: inputs), the prior (``variance`` of ``priors.TeacherPosterior``) and the initialization
+#: inputs), the prior (``variance``: the ``scale`` of ``priors.TeacherPosterior``) and the initialization
 #: (``init``: ``"prior-mean"`` = the aligned teacher means, ``"random"`` = the network's own).
 DISTILL_DEFAULTS: dict[str, Any] = {
     "epochs": 150,
@@ -721,67 +721,6 @@ def _probe_inputs(meta: dict[str, Any], name: str, size: Optional[int], seed: in
     return x
 
 
-def _check_same_kind(teacher_net: Any, student_net: Any, teacher_name: str, student_name: str) -> None:
-    """A one-line error for a student whose first layer is of another kind (an MLP for a CNN teacher):
-    alignment maps layers onto layers of the same kind, so no plan exists."""
-    import bayesdistill as bd
-    from .distill import parse_chain
-
-    try:
-        t0, s0 = parse_chain(teacher_net, None, "teacher").layers[0], parse_chain(student_net, None, "student").layers[0]
-    except (bd.UnsupportedLayerError, IndexError):
-        return  # align reports it
-    if t0.kind != s0.kind:
-        raise bd.ShapeMismatchError(
-            f"cannot align teacher {teacher_name} to student {student_name}: the student's first layer "
-            f"{s0.path!r} is {s0.describe()} but the teacher's {t0.path!r} is {t0.describe()}; alignment maps "
-            "layers onto layers of the same kind"
-        )
-
-
-def _check_not_wider(teacher_net: Any, student_net: Any, teacher_name: str, student_name: str) -> None:
-    """A one-line error for a student layer wider than every teacher layer it could be aligned to.
-
-    Alignment keeps the layer order and the first and last layers, so student layer i (of m) can
-    only come from teacher layers i .. i + (n - m) (of n). ``bd.align`` would also refuse such a
-    student, but lists the reasons of every way to remove layers; this names the layer directly.
-    """
-    import bayesdistill as bd
-    from .distill import parse_chain
-
-    try:
-        tl, sl = parse_chain(teacher_net, None, "teacher").layers, parse_chain(student_net, None, "student").layers
-    except bd.UnsupportedLayerError:
-        return  # align reports it
-    n, m = len(tl), len(sl)
-    if m > n:
-        return
-    for i, s in enumerate(sl):
-        # the first and the last layers are never removed: they map onto each other
-        cands = [tl[0]] if i == 0 else [tl[-1]] if i == m - 1 else tl[i: i + n - m + 1]
-        if s.out_units > max(t.out_units for t in cands):
-            where = ", ".join(f"{t.path!r}: {t.out_units}" for t in cands)
-            raise bd.ShapeMismatchError(
-                f"student {student_name} is wider than teacher {teacher_name}: student layer {s.path!r} "
-                f"({s.describe()}) has {s.out_units} units, more than any teacher layer it could be aligned to "
-                f"({where}); choose a narrower student (e.g. fewer --channels / --hidden)"
-            )
-
-
-def _plan_data(plan: Any) -> dict[str, Any]:
-    """The plan's settings and per-layer summary (no unit lists or traces: those are in plan.json)."""
-    layers = []
-    for L in plan.layers:
-        layers.append({
-            "teacher": L["teacher"], "student": L["student"], "kind": L["kind"],
-            "teacher_units": L["teacher_units"], "student_units": L["student_units"],
-            "kept": len(L["kept"]) if L.get("kept") is not None else None, "removed": L["removed"],
-            "residual": L["residual"], "error": L.get("error"),
-        })
-    return {"criterion": plan.criterion, "removal": plan.removal, "compensation": plan.compensation,
-            "step": plan.step, "output_error": plan.output_error, "layers": layers}
-
-
 def _compare_table(columns: dict[str, dict[str, Any]], title: str) -> str:
     """Metrics side by side: one column per network (name -> metrics dict)."""
     keys = list(dict.fromkeys(k for m in columns.values() for k in m if k != "num_samples"))
@@ -867,7 +806,6 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
     from .bnn.taps import last_hidden_layer
     from .diagnostics import plots
-    from .distill import pruning
 
     t_start = time.perf_counter()
     quiet = bool(cfg["quiet"])
@@ -913,14 +851,10 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         hint = ("; the function-space methods work for any student: --method kd, vid, pkt or hint "
                 "(e.g. --method kd,vid)")
         asked = "--method prior: " if cfg.get("method") else ""
-        try:
-            _check_same_kind(teacher.net, student_net, meta["model"], cfg["student"])
-            _check_not_wider(teacher.net, student_net, meta["model"], cfg["student"])
-        except bd.ShapeMismatchError as err:
-            raise bd.ShapeMismatchError(f"{asked}{err}{hint}") from err
         t_align = time.perf_counter()
         try:
-            plan = bd.align(teacher, student_net, criterion=cfg["criterion"], data=probe if needs_probe else None,
+            bd.distill.check_alignable(teacher.net, student_net)
+            plan = bd.align(teacher, student_net, criterion=cfg["criterion"], probe=probe if needs_probe else None,
                             compensation=compensation, seed=cfg["seed"], max_probe=len(probe))
         except (bd.ShapeMismatchError, bd.UnsupportedLayerError) as err:
             raise type(err)(f"{asked}cannot align teacher {meta['model']} to student {cfg['student']}: {err}{hint}") from err
@@ -940,14 +874,12 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         print(f"bayesdistill distill: warning: {w}", file=sys.stderr)
     likelihood_name = _likelihood(data.task)[1]
     if use_prior:
-        prior = bd.priors.TeacherPosterior(q_teacher, plan=plan, variance=cfg["variance"])
-        init = "prior-mean" if cfg["init"] == "prior-mean" else "module"
+        distilled = bd.student_from_teacher(
+            teacher, student_net, plan=plan, prior_scale=cfg["variance"], likelihood=_likelihood(data.task)[0],
+            init="prior-mean" if cfg["init"] == "prior-mean" else "module", dataset_size=len(data.train))
     else:
-        prior, init = bd.priors.Normal(scale=1.0), "module"
-    distilled = bd.BNN(student_net, prior=prior, likelihood=_likelihood(data.task)[0],
-                       dataset_size=len(data.train), init=init)
-    if use_prior and init == "prior-mean":  # the aligned normalization statistics, if any, go with the means
-        distilled.load_point_estimates(plan.apply(q_teacher).point_estimates)
+        distilled = bd.BNN(student_net, prior=bd.priors.Normal(scale=1.0), likelihood=_likelihood(data.task)[0],
+                           dataset_size=len(data.train), init="module")
     plain = bd.BNN(student_net, prior=bd.priors.Normal(scale=1.0), likelihood=_likelihood(data.task)[0],
                    dataset_size=len(data.train), init="module")
     terms = _fs_terms(fs_methods, teacher, pairs, cfg)
@@ -1005,7 +937,7 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     distilled.load_posterior(q_student)  # evaluate exactly what `evaluate` rebuilds from the file
     results = {"teacher": bd.evaluate(teacher, data.test, **ev)}
     if plan is not None:
-        results["aligned"] = bd.evaluate(pruning.aligned_network(teacher, student_net, plan), data.test, **ev)
+        results["aligned"] = bd.evaluate(bd.distill.aligned_network(teacher, student_net, plan), data.test, **ev)
     results["distilled"] = bd.evaluate(distilled, data.test, **ev)
     results["plain"] = bd.evaluate(plain, data.test, **ev)
     if plan is not None:
@@ -1043,7 +975,7 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         "distilled": {"test": results["distilled"], **part(distilled, res_distilled)},
         "plain": {"test": results["plain"], **part(plain, res_plain)},
         "aligned": {"test": results["aligned"]} if plan is not None else None,
-        "plan": _plan_data(plan) if plan is not None else None,
+        "plan": plan.overview() if plan is not None else None,
         "function_space": fs_info,
         "cosine": None,  # filled in below
         "train_size": len(data.train),
@@ -1084,10 +1016,10 @@ def run_distill(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         plots.save(plots.alignment(plan), out / "alignment.png")
         # the teacher's width-pruning curve with the chosen criterion, with and without compensation
         curve_probe = probe[:PRUNING_PLOT_MAX_PROBE]
-        curves = [pruning.pruning_curve(teacher, data.test, criterion=cfg["criterion"],
-                                        fractions=PRUNING_PLOT_FRACTIONS, compensation=c, probe=curve_probe,
-                                        num_samples=cfg["num_samples"], seed=cfg["seed"]) for c in (False, True)]
-        metrics["pruning_curve"] = curves
+        curves = [bd.distill.pruning_curve(teacher, data.test, criterion=cfg["criterion"],
+                                           fractions=PRUNING_PLOT_FRACTIONS, compensation=c, probe=curve_probe,
+                                           num_samples=cfg["num_samples"], seed=cfg["seed"]) for c in (False, True)]
+        metrics["pruning_curve"] = [c.to_dict() for c in curves]
         plots.save(plots.pruning_curve(curves, title=f"teacher {meta['model']} aligned to narrower copies of itself "
                                        f"(no training; probe {len(curve_probe)} inputs)"), out / "pruning_curve.png")
     metrics["wall_time_s"] = time.perf_counter() - t_start

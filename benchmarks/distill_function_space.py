@@ -27,9 +27,9 @@ Per seed s:
 * **B. CNN teacher -> Bayesian CNN student** (``cnn-small``: three Conv1d with 16 channels) on a
   class-stratified 10% subset (400 examples, ``load("mnist1d", train_fraction=0.1, seed=s)``),
   ``--cnn-epochs`` 100, batch 64, lr 3e-3, cosine, kl_weight 0.5. Variants: ``plain`` (prior
-  Normal(0, 1), PyTorch init); ``prior`` (``bd.align(teacher, cnn-small, data=<the teacher's
+  Normal(0, 1), PyTorch init); ``prior`` (``bd.align(teacher, cnn-small, probe=<the teacher's
   training inputs>, max_probe=--probe 2048)``, SNR criterion with compensation, then
-  ``TeacherPosterior(q, plan, variance="unit")`` and ``init="prior-mean"``); ``vid`` (VID pairs
+  ``TeacherPosterior(q, plan, scale="unit")`` and ``init="prior-mean"``); ``vid`` (VID pairs
   teacher ``"6"`` -> student ``"4"`` (32x20 vs 16x20 maps) and ``"8"`` -> ``"6"`` (32x10 vs
   16x10), 1x1-conv regressors, ``--cnn-vid-weight``); ``prior+vid``.
 
@@ -160,7 +160,7 @@ def prepare_seed(seed: int, cfg: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         x_probe, _ = full.tensors("train")
         student = bd.models.build("cnn-small", full.input_shape, full.num_classes)
-        plan = bd.align(teacher, student, criterion="snr", compensation=True, removal="refit", data=x_probe,
+        plan = bd.align(teacher, student, criterion="snr", compensation=True, removal="refit", probe=x_probe,
                         max_probe=cfg.probe, seed=seed)
         plan_path = Path(cfg.work) / f"plan_seed{seed}.pt"
         plan.save(plan_path)
@@ -276,7 +276,7 @@ def run_b(seed: int, variant: str, spec: dict[str, Any], cfg: argparse.Namespace
     net = bd.models.build("cnn-small", full.input_shape, full.num_classes)
     if spec["prior"]:
         plan = bd.AlignmentPlan.load(prep["plan"])
-        prior = bd.priors.TeacherPosterior(teacher.posterior(), plan=plan, variance="unit")
+        prior = bd.priors.TeacherPosterior(teacher.posterior(), plan=plan, scale="unit")
         student = bd.BNN(net, prior=prior, dataset_size=len(small.train), init="prior-mean")
     else:
         student = bd.BNN(net, prior=bd.priors.Normal(scale=1.0), dataset_size=len(small.train))

@@ -11,7 +11,7 @@ Per seed:
 * Teacher: ``bd.models.build("cnn-deep", ...)`` (4 convs, 32 channels) on all 4000 training
   examples with the CLI's ``TEACHER_DEFAULTS`` recipe (100 epochs, Adam lr 3e-3, cosine, batch
   128, prior ``Normal(0, 1)``, kl_weight 0.5). Posteriors are cached in ``--cache``.
-* Alignment: ``bd.align(teacher, cnn-small, criterion=..., data=<the teacher's 4000 training
+* Alignment: ``bd.align(teacher, cnn-small, criterion=..., probe=<the teacher's 4000 training
   inputs>, max_probe=4000)`` for criteria snr/data/random with compensation (re-fit of the next
   layer's means on the probe data, removal="refit") and without (removal="permutation", nothing
   re-fitted). The aligned teacher itself (a student-shaped BNN with ``init=plan.apply(q)``) is
@@ -20,8 +20,8 @@ Per seed:
   ``datasets.load("mnist1d", train_fraction=0.1, seed=seed)``; ``--small-epochs`` 150, batch 64)
   and on 100% (4000; ``--full-epochs`` 100, batch 128), lr 3e-3, cosine, kl_weight 0.5 unless
   the variant says otherwise. Variants (``VARIANTS``): plain (prior Normal(0, 1), init="module"),
-  distill (snr + compensation, TeacherPosterior(q, plan, variance="unit"), init="prior-mean"),
-  and one-factor changes of distill (variance learned/posterior, init module, aligned init
+  distill (snr + compensation, TeacherPosterior(q, plan, scale="unit"), init="prior-mean"),
+  and one-factor changes of distill (prior scale learned/posterior, init module, aligned init
   under the plain prior, criterion data/random, no compensation, kl_weight 1).
 
 Metrics: ``bd.evaluate(bnn, test, num_samples=32)`` on the 1000 test examples (accuracy, NLL in
@@ -29,7 +29,7 @@ nats per example, ECE with 15 bins); mean and std over seeds. The issue's bar: w
 data the distilled student beats the plain one by >= 5 accuracy points and has lower NLL, per
 seed.
 
-``--pruning-curve`` (when ``bayesdistill.distill.pruning`` exists): the teacher's accuracy vs the
+``--pruning-curve``: the teacher's accuracy vs the
 fraction of units removed for criteria snr/data/random, with and without compensation, on the
 first seed; plotted to ``docs/figures/mnist1d_pruning_curve.png``.
 """
@@ -66,19 +66,19 @@ PLANS: dict[str, dict[str, Any]] = {
     "snr+fold-refit": {"criterion": "snr", "compensation": False, "removal": "refit"},
 }
 
-# student variants: prior ("normal" or "teacher"), plan, variance, init, kl_weight
-_D = {"prior": "teacher", "plan": "snr+comp", "variance": "unit", "init": "prior-mean", "kl_weight": 0.5}
+# student variants: prior ("normal" or "teacher"), plan, prior scale, init, kl_weight
+_D = {"prior": "teacher", "plan": "snr+comp", "scale": "unit", "init": "prior-mean", "kl_weight": 0.5}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "plain": {"prior": "normal", "plan": None, "variance": None, "init": "module", "kl_weight": 0.5},
+    "plain": {"prior": "normal", "plan": None, "scale": None, "init": "module", "kl_weight": 0.5},
     "distill": dict(_D),
-    "distill var=learned": {**_D, "variance": "learned"},
-    "distill var=posterior": {**_D, "variance": "posterior"},
+    "distill var=learned": {**_D, "scale": "learned"},
+    "distill var=posterior": {**_D, "scale": "posterior"},
     "teacher prior, init=module": {**_D, "init": "module"},
     "aligned init, plain prior": {**_D, "prior": "normal", "init": "aligned"},
     "distill crit=data": {**_D, "plan": "data+comp"},
     "distill crit=random": {**_D, "plan": "random+comp"},
     "distill no-comp": {**_D, "plan": "snr"},
-    "plain kl=1": {"prior": "normal", "plan": None, "variance": None, "init": "module", "kl_weight": 1.0},
+    "plain kl=1": {"prior": "normal", "plan": None, "scale": None, "init": "module", "kl_weight": 1.0},
     "distill kl=1": {**_D, "kl_weight": 1.0},
 }
 SMALL_VARIANTS = list(VARIANTS)
@@ -144,7 +144,7 @@ def train_student(variant: str, seed: int, data: bd.datasets.DatasetBundle, test
     if v["prior"] == "normal":
         prior = bd.priors.Normal(scale=1.0)
     else:
-        prior = bd.priors.TeacherPosterior(q, plan=plan, variance=v["variance"])
+        prior = bd.priors.TeacherPosterior(q, plan=plan, scale=v["scale"])
     if v["init"] == "aligned":
         init: Any = plan.apply(q)
         # means of the aligned teacher, small initial scales as with init="prior-mean"
@@ -178,7 +178,7 @@ def train_student(variant: str, seed: int, data: bd.datasets.DatasetBundle, test
            "final_kl": res.history[-1]["kl"] if res.history else None}
     if trace:
         out["curve"] = trace
-    if v["variance"] == "learned":
+    if v["scale"] == "learned":
         out["learned_prior_scales"] = {k: float(t.reshape(-1)[0]) for k, t in bnn.prior_scales().items()}
     return out
 
@@ -204,7 +204,7 @@ def run_seed(seed: int, cfg: argparse.Namespace) -> dict[str, Any]:
         if name not in needed:
             continue
         t0 = time.perf_counter()
-        plan = bd.align(teacher, build("cnn-small", full, seed), data=x_probe, max_probe=len(x_probe), seed=seed,
+        plan = bd.align(teacher, build("cnn-small", full, seed), probe=x_probe, max_probe=len(x_probe), seed=seed,
                         **PLANS[name])
         align_s = time.perf_counter() - t0
         plans[name] = plan
@@ -232,12 +232,7 @@ def run_seed(seed: int, cfg: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- pruning curve
-def pruning_curve(seed: int, cfg: argparse.Namespace) -> Optional[dict[str, Any]]:
-    try:
-        from bayesdistill.distill import pruning
-    except ImportError:
-        log("bayesdistill.distill.pruning does not exist (yet): pruning curve skipped")
-        return None
+def pruning_curve(seed: int, cfg: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     full = bd.datasets.load("mnist1d", seed=seed)
     teacher, _ = teacher_for(seed, full, cfg)
@@ -248,13 +243,12 @@ def pruning_curve(seed: int, cfg: argparse.Namespace) -> Optional[dict[str, Any]
     for crit in ("snr", "data", "random"):
         for comp in (True, False):
             t0 = time.perf_counter()
-            res = pruning.pruning_curve(teacher, full.test, fractions=fractions, criterion=crit, probe=probe,
-                                        compensation=comp, num_samples=cfg.curve_samples, seed=seed)
+            res = bd.distill.pruning_curve(teacher, full.test, fractions=fractions, criterion=crit, probe=probe,
+                                           compensation=comp, num_samples=cfg.curve_samples, seed=seed)
             name = f"{crit}{'+comp' if comp else ''}"
             curves[name] = [{"fraction": f, "accuracy": a, "nll": n, "output_error": e, "units": u}
-                            for f, a, n, e, u in zip(res["fraction"], res["accuracy"], res["nll"],
-                                                     res["output_error"], res["units"])]
-            log(f"pruning curve {name}: " + " ".join(f"{100 * a:.1f}" for a in res["accuracy"])
+                            for f, a, n, e, u in zip(res.fraction, res.values, res.nll, res.output_error, res.units)]
+            log(f"pruning curve {name}: " + " ".join(f"{100 * a:.1f}" for a in res.values)
                 + f" ({time.perf_counter() - t0:.0f} s)")
     return {"seed": seed, "fractions": fractions, "probe": len(probe), "num_samples": cfg.curve_samples,
             "curves": curves}

@@ -18,20 +18,20 @@ fixed), batch size 8, Adam lr 3e-3 everywhere. Per seed s (data seed = training 
   start from the same random network (``torch.manual_seed(s)``), so ``init="module"`` variants
   and the plain student share their initial weights.
 * ``plain``: prior Normal(0, 1), ``init="module"``.
-* Distilled ``<alignment>/<variance>/<init>``:
+* Distilled ``<alignment>/<scale>/<init>``:
 
   - alignment (``ALIGNMENTS``): ``paper`` = criterion random, removal identity, no data, no
     compensation (the paper's experiments); ``snr-perm`` = criterion snr, removal permutation,
     no data; ``snr-refit`` = criterion snr, removal refit, probe data = the teacher's 900
-    training inputs, compensation on (what ``bd.align``'s defaults give with ``data=``);
+    training inputs, compensation on (what ``bd.align``'s defaults give with ``probe=``);
     ``data-refit`` = the same with criterion data.
-  - variance: ``TeacherPosterior(q, plan=plan, variance=...)`` with ``posterior`` (the paper's
+  - scale: ``TeacherPosterior(q, plan=plan, scale=...)`` with ``posterior`` (the paper's
     full variant), ``unit`` (the paper's mean-only variant), ``learned`` (empirical Bayes).
   - init: ``prior-mean`` (the aligned teacher means, as the paper's code did) or ``random``
     (``init="module"``: the same random start as the plain student).
 
-  The grid (``default_variants``): the full factorial paper/snr-perm/snr-refit x 3 variances x 2
-  inits (18), plus data-refit x 3 variances at prior-mean init (the criterion ablation; with a
+  The grid (``default_variants``): the full factorial paper/snr-perm/snr-refit x 3 prior scales x 2
+  inits (18), plus data-refit x 3 prior scales at prior-mean init (the criterion ablation; with a
   random init the alignment enters only through the prior means), plus plain: 22 runs per seed
   and setting.
 
@@ -156,7 +156,7 @@ def train_teacher(data, seed: int, args) -> tuple[bd.BNN, dict[str, Any]]:
 def make_plan(teacher: bd.BNN, student_net: nn.Module, alignment: str, data, seed: int) -> bd.AlignmentPlan:
     kw = dict(ALIGNMENTS[alignment])
     use_data = kw.pop("data")
-    return bd.align(teacher, student_net, data=data.train.tensors[0] if use_data else None, seed=seed, **kw)
+    return bd.align(teacher, student_net, probe=data.train.tensors[0] if use_data else None, seed=seed, **kw)
 
 
 def run_student(variant: str, student_net: nn.Module, teacher_q, plan: Optional[bd.AlignmentPlan], data,
@@ -165,8 +165,8 @@ def run_student(variant: str, student_net: nn.Module, teacher_q, plan: Optional[
         prior: bd.priors.Prior = bd.priors.Normal(0.0, 1.0)
         init = "module"
     else:
-        _, variance, init_name = variant.split("/")
-        prior = bd.priors.TeacherPosterior(teacher_q, plan=plan, variance=variance)
+        _, scale, init_name = variant.split("/")
+        prior = bd.priors.TeacherPosterior(teacher_q, plan=plan, scale=scale)
         init = "prior-mean" if init_name == "prior-mean" else "module"
     bnn = bd.BNN(student_net, prior=prior, likelihood=likelihood(), dataset_size=len(data.train), init=init)
     start = bd.evaluate(bnn, data.test, num_samples=32)

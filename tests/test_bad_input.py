@@ -163,8 +163,8 @@ def test_prior_spec_errors():
         bd.priors.Normal(scale=0.0)
     with pytest.raises(ValueError, match=r"'2\.bias'"):
         bd.BNN(tiny_mlp(), prior=bd.priors.Normal(scale={"2.bias": -1.0, "*": 1.0}))
-    with pytest.raises(ValueError, match="variance"):
-        bd.priors.TeacherPosterior(bd.BNN(tiny_mlp()).posterior(), variance="mean")
+    with pytest.raises(ValueError, match="scale"):
+        bd.priors.TeacherPosterior(bd.BNN(tiny_mlp()).posterior(), scale="mean")
 
 
 def _write_corrupt(path, kind: str) -> None:

@@ -138,7 +138,7 @@ def test_init_prior_mean_uses_the_prior_means():
     teacher = bd.BNN(tiny_mlp(seed=9))
     randomize_posterior(teacher, seed=1)
     qt = teacher.posterior()
-    q = bd.BNN(net, prior=bd.priors.TeacherPosterior(qt, variance="unit"), init="prior-mean").posterior()
+    q = bd.BNN(net, prior=bd.priors.TeacherPosterior(qt, scale="unit"), init="prior-mean").posterior()
     for name in qt:
         assert torch.equal(q.locs[name], qt.locs[name])
 

@@ -73,7 +73,8 @@ def test_distill_writes_all_artefacts(distilled: tuple[Path, str], teacher: Path
     curves = m["pruning_curve"]
     assert [c["compensation"] for c in curves] == [False, True]
     assert all(c["fraction"] == list(cli.PRUNING_PLOT_FRACTIONS) for c in curves)
-    assert curves[0]["accuracy"][0] == pytest.approx(m["teacher"]["test"]["accuracy"])
+    assert all(c["metric"] == "accuracy" for c in curves)
+    assert curves[0]["values"][0] == pytest.approx(m["teacher"]["test"]["accuracy"])
     # plan.json / plan.pt
     data = json.loads((out / "plan.json").read_text())
     assert data["layers"][0]["teacher"] == "1" and data["param_map"]

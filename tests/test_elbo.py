@@ -68,10 +68,10 @@ def _prior_cases():
     yield "isotropic", iso, iso_table
     yield "per-tensor-patterns", pattern, pattern_table
     for variance, temperature in [("posterior", 1.0), ("unit", 1.0), (0.3, 1.0), ("posterior", 4.0), ("unit", 2.25)]:
-        def factory(variance=variance, temperature=temperature):
-            return bd.priors.TeacherPosterior(_teacher_posterior(), variance=variance, temperature=temperature)
+        def factory(scale=variance, temperature=temperature):
+            return bd.priors.TeacherPosterior(_teacher_posterior(), scale=variance, temperature=temperature)
 
-        def table(variance=variance, temperature=temperature):
+        def table(scale=variance, temperature=temperature):
             qt = _teacher_posterior()
             out = {}
             for name, (loc, scale) in qt.items():

@@ -415,7 +415,7 @@ def _compose(device: str):
     x, y = x.to(device), y.to(device)
     teacher = bnn_teacher(seed=1, hidden=6).to(device)
     q_t = teacher.posterior()
-    student = bd.BNN(tiny_mlp(seed=2), prior=bd.priors.TeacherPosterior(q_t, variance="posterior"), dataset_size=n).to(device)
+    student = bd.BNN(tiny_mlp(seed=2), prior=bd.priors.TeacherPosterior(q_t, scale="posterior"), dataset_size=n).to(device)
     randomize_posterior(student, seed=5, scale_range=(0.05, 0.3))
     kd, vid = KD(teacher, temperature=temp, weight=a), VID(teacher, {"1": "1"}, weight=lam)
     obj = DistillObjective(student, [kd, vid])

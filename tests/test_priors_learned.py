@@ -1,4 +1,4 @@
-"""Learned prior scales (empirical Bayes), TeacherPosterior variance options and alignment plans.
+"""Learned prior scales (empirical Bayes), TeacherPosterior scale options and alignment plans.
 
 Checked against independent computations: prior site scales read from a Pyro trace of the
 model, the ELBO against ``pyro.infer.TraceMeanField_ELBO`` under the same draws, KL values and
@@ -149,7 +149,7 @@ def test_kl_gradient_in_prior_log_scale_matches_torch_distributions():
 def test_plain_pyro_svi_and_predictive_with_learned_scale():
     """Pyro's own SVI finds prior_log_scale through pyro.module and optimizes it with q."""
     x, y = toy_classification(32)
-    bnn = bd.BNN(tiny_mlp(), prior=bd.priors.TeacherPosterior(_teacher_posterior(), variance="learned"), dataset_size=32)
+    bnn = bd.BNN(tiny_mlp(), prior=bd.priors.TeacherPosterior(_teacher_posterior(), scale="learned"), dataset_size=32)
     svi = pyro.infer.SVI(bnn.model, bnn.guide, pyro.optim.Adam({"lr": 0.05}), TraceMeanField_ELBO())
     pyro.set_rng_seed(0)
     losses = [svi.step(x, y) for _ in range(20)]
@@ -181,7 +181,7 @@ def test_parallel_prior_predictive_runs_each_prior_draw():
 
 # ----------------------------------------------------------------------------- 2. empirical-Bayes fixed point
 @pytest.mark.parametrize("make_prior", [
-    lambda q: bd.priors.TeacherPosterior(q, variance="learned"),
+    lambda q: bd.priors.TeacherPosterior(q, scale="learned"),
     lambda q: bd.priors.Normal(loc=PATTERN_LOCS, scale=PATTERN_SCALES, learn_scale=True),
 ], ids=["teacher-learned", "normal-patterns"])
 def test_kl_optimum_is_the_closed_form_prior_variance(make_prior):
@@ -218,33 +218,33 @@ def test_kl_optimum_is_the_closed_form_prior_variance(make_prior):
     assert (grad.abs() / numels).max() < 2e-3
 
 
-# ----------------------------------------------------------------------------- 3. teacher variance options
-def _expected_teacher_scale(q, name, variance, temperature):
-    if variance == "posterior":
+# ----------------------------------------------------------------------------- 3. teacher scale options
+def _expected_teacher_scale(q, name, scale, temperature):
+    if scale == "posterior":
         s = q.scales[name]
-    elif variance in ("unit", "learned"):
+    elif scale in ("unit", "learned"):
         s = torch.ones_like(q.scales[name])
     else:
-        s = torch.full_like(q.scales[name], variance)
+        s = torch.full_like(q.scales[name], scale)
     return s * temperature**0.5
 
 
-@pytest.mark.parametrize("variance, temperature", [
+@pytest.mark.parametrize("scale, temperature", [
     ("learned", 1.0), ("learned", 4.0), (0.3, 2.0), ("posterior", 0.5), ("unit", 9.0),
 ])
-def test_teacher_prior_scales_and_means(variance, temperature):
+def test_teacher_prior_scales_and_means(scale, temperature):
     q = _teacher_posterior()
-    prior = bd.priors.TeacherPosterior(q, variance=variance, temperature=temperature)
-    assert prior.learn_scale is (variance == "learned")
+    prior = bd.priors.TeacherPosterior(q, scale=scale, temperature=temperature)
+    assert prior.learn_scale is (scale == "learned")
     bnn = bd.BNN(tiny_mlp(), prior=prior, init="prior-mean")
-    assert hasattr(bnn, "prior_log_scale") is (variance == "learned")
+    assert hasattr(bnn, "prior_log_scale") is (scale == "learned")
     scales = bnn.prior_scales()
     student = bnn.posterior()
     for name in q:
-        torch.testing.assert_close(scales[name], _expected_teacher_scale(q, name, variance, temperature), rtol=1e-6, atol=0)
+        torch.testing.assert_close(scales[name], _expected_teacher_scale(q, name, scale, temperature), rtol=1e-6, atol=0)
         assert torch.equal(student.locs[name], q.locs[name])  # the prior means are exactly the teacher's
     assert torch.equal(bnn.prior_loc, torch.cat([q.locs[n].reshape(-1) for n in NAMES]))
-    if variance == "learned":
+    if scale == "learned":
         assert torch.equal(bnn.prior_log_scale.detach(), torch.zeros(4))
         # the prior means stay fixed when the scales are learned: only the multiplier is a parameter
         assert "prior_loc" not in dict(bnn.named_parameters())
@@ -253,15 +253,28 @@ def test_teacher_prior_scales_and_means(variance, temperature):
 def test_teacher_prior_rejects_bad_options():
     q = _teacher_posterior()
     with pytest.raises(ValueError, match="learned"):
-        bd.priors.TeacherPosterior(q, variance="fitted")
+        bd.priors.TeacherPosterior(q, scale="fitted")
+    with pytest.raises(ValueError, match="scale"):
+        bd.priors.TeacherPosterior(q, scale=-1.0)
     with pytest.raises(TypeError, match="apply"):
         bd.priors.TeacherPosterior(q, plan=object())
+
+
+def test_teacher_prior_variance_argument_is_now_scale():
+    """The argument holds a standard deviation: it is called scale=, and variance= says so."""
+    q = _teacher_posterior()
+    with pytest.raises(TypeError, match=r"scale="):
+        bd.priors.TeacherPosterior(q, variance="unit")
+    with pytest.raises(TypeError, match="unexpected"):
+        bd.priors.TeacherPosterior(q, sigma=1.0)
+    prior = bd.priors.TeacherPosterior(q, scale=0.5)
+    assert prior.scale == 0.5 and "scale=0.5" in repr(prior)
 
 
 # ----------------------------------------------------------------------------- 4. fit and resume
 def _regression_bnn() -> bd.BNN:
     q = _teacher_posterior()
-    prior = bd.priors.TeacherPosterior(q, variance="learned")
+    prior = bd.priors.TeacherPosterior(q, scale="learned")
     return bd.BNN(tiny_mlp(out_dim=3), prior=prior, likelihood=bd.likelihoods.Normal(scale=0.3), dataset_size=64)
 
 
@@ -319,12 +332,12 @@ class _KeepUnits:
         return f"KeepUnits({self.keep.tolist()})"
 
 
-@pytest.mark.parametrize("variance", ["posterior", "learned"])
-def test_plan_restricts_the_teacher_posterior(variance):
+@pytest.mark.parametrize("scale", ["posterior", "learned"])
+def test_plan_restricts_the_teacher_posterior(scale):
     teacher = _teacher_posterior(hidden=8)
     keep = [0, 2, 3, 5, 6, 7]
     plan = _KeepUnits(keep)
-    prior = bd.priors.TeacherPosterior(teacher, plan=plan, variance=variance)
+    prior = bd.priors.TeacherPosterior(teacher, plan=plan, scale=scale)
     assert "KeepUnits" in repr(prior)
     bnn = bd.BNN(tiny_mlp(hidden=6), prior=prior, init="prior-mean")
     assert plan.calls == 1
@@ -341,7 +354,7 @@ def test_plan_restricts_the_teacher_posterior(variance):
     scales = bnn.prior_scales()
     for name in NAMES:
         assert torch.equal(locs[name], expected_loc[name])
-        want = expected_scale[name] if variance == "posterior" else torch.ones_like(expected_scale[name])
+        want = expected_scale[name] if scale == "posterior" else torch.ones_like(expected_scale[name])
         assert torch.equal(scales[name], want)
     # the original posterior is left alone
     assert teacher.locs["0.weight"].shape == (8, 4)

@@ -13,7 +13,7 @@ Given a network f(x; w), a prior p(w) and a likelihood p(y | f(x; w)), :class:`B
 Both are plain Pyro callables: ``pyro.infer.SVI`` and ``pyro.infer.Predictive`` work on them
 directly. :func:`bayesdistill.fit` trains them faster with the same semantics.
 
-Implementation notes (see ``DESIGN.md`` section 2): the guide's variational parameters live in
+Implementation notes: the guide's variational parameters live in
 two flat tensors (``loc``, ``rho``) so that one optimizer step, one softplus and the parameter
 registration each touch two tensors, whatever the depth of the network. Bayesian parameters of
 the wrapped network are turned into non-persistent buffers; a forward pass writes the sampled
@@ -133,7 +133,7 @@ class BNN(nn.Module):
         prior: a :mod:`bayesdistill.priors` object (default ``priors.Normal(0, 1)``). Its
             ``(loc, scale)`` become the buffers ``prior_loc``/``prior_scale`` (flat, one value per
             weight). A prior with ``learn_scale=True`` (``priors.Normal(..., learn_scale=True)``,
-            ``priors.TeacherPosterior(q, variance="learned")``) adds the parameter
+            ``priors.TeacherPosterior(q, scale="learned")``) adds the parameter
             ``prior_log_scale`` of shape ``[num_sites]`` (one entry per Bayesian parameter tensor,
             in :attr:`site_names` order, initialized at 0): tensor ``l``'s prior scale is then
             ``prior_scale * exp(prior_log_scale[l])``, learned with q(w) by maximizing the ELBO

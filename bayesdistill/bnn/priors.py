@@ -9,9 +9,9 @@ is captured in the model.
   parameter-name patterns to scales).
 - :class:`TeacherPosterior`: the prior is a trained network's posterior q(w_teacher)
   (Grabovoy & Strijov, 2021, "Bayesian distillation of deep learning models"), optionally
-  mapped onto a different student by an alignment plan, with the variance taken from the
-  posterior (the paper's full variant), set to one (the paper's mean-only variant), set to a
-  constant, tempered, or learned from the data (empirical Bayes).
+  mapped onto a different student by an alignment plan, with the scale (standard deviation)
+  taken from the posterior (the paper's full variant), set to one (the paper's mean-only
+  variant), set to a constant, tempered, or learned from the data (empirical Bayes).
 
 Learned prior scales (empirical Bayes, type-II maximum likelihood). A prior whose
 :attr:`Prior.learn_scale` is true gives :class:`~bayesdistill.BNN` only *base* scales; the BNN
@@ -125,7 +125,7 @@ class TeacherPosterior(Prior):
     """The student's prior is the teacher's posterior: p(w_student) = q(w_teacher).
 
     Grabovoy & Strijov (2021). With identical architectures this is exact: every loc of the
-    prior equals the teacher's (and every scale, with ``variance="posterior"``). A student of a
+    prior equals the teacher's (and every scale, with ``scale="posterior"``). A student of a
     different architecture needs an alignment ``plan`` that maps the teacher's posterior onto the
     student's parameters; shapes that still differ raise :class:`ShapeMismatchError` naming the
     parameter (and the plan, when one was given).
@@ -136,39 +136,53 @@ class TeacherPosterior(Prior):
             ``apply(posterior) -> MeanFieldPosterior`` that returns the teacher's posterior in the
             student's names and shapes (e.g. rows of pruned units removed); it is applied when the
             prior is materialized, i.e. when the student :class:`~bayesdistill.BNN` is built.
-        variance: the prior scale (standard deviation) of the student's weights:
+        scale: the prior scale (standard deviation, weight units) of the student's weights:
 
             - ``"unit"`` (default): 1 for every weight (the paper's mean-only variant). Measured
               best: docs/distillation.md (synthetic regression, 5+5 seeds) and
-              docs/distillation-mnist1d.md (3 seeds) found the teacher's own variances too tight
+              docs/distillation-mnist1d.md (3 seeds) found the teacher's own scales too tight
               (they pin the student to the aligned teacher) and ``"learned"`` no better;
             - ``"posterior"``: the teacher's scales (the paper's full variant; with an identity
               plan the prior is then exactly q(w_teacher));
-            - a float: that scale for every weight (weight units, a standard deviation despite
-              the argument's name);
+            - a positive float: that standard deviation for every weight;
             - ``"learned"``: one scale per parameter tensor (a layer's weight and its bias each get
               their own), fitted by empirical Bayes (type-II maximum likelihood on the student's
               ELBO, jointly with q(w)) so that the data decide how far to trust the teacher's
               means. The prior is ``N(teacher_mean, s_l^2)`` with ``s_l = exp(bnn.prior_log_scale[l])``
-              starting at 1 (unit variance); ``bnn.prior_scales()`` shows the fitted values.
-        temperature: multiplies the prior *variance* (scale is multiplied by sqrt(temperature));
-            > 1 widens the prior so the data can move the student further from the teacher. With
-            ``variance="learned"`` it sets the initial scale, sqrt(temperature).
+              starting at 1; ``bnn.prior_scales()`` shows the fitted values.
+        temperature: multiplies the prior *variance* (the scale is multiplied by
+            sqrt(temperature)); > 1 widens the prior so the data can move the student further from
+            the teacher. With ``scale="learned"`` it sets the initial scale, sqrt(temperature).
+
+    Raises:
+        TypeError: for the former argument name ``variance=`` (it held a standard deviation; the
+            argument is ``scale=``), or a ``plan`` without ``apply``.
+        ValueError: an unknown scale option, a non-positive float scale or temperature.
     """
+
+    SCALES = ("posterior", "unit", "learned")
 
     def __init__(
         self,
         posterior: MeanFieldPosterior,
         plan: Any = None,
-        variance: Union[str, float] = "unit",
+        scale: Union[str, float] = "unit",
         temperature: float = 1.0,
+        **unknown: Any,
     ):
-        if isinstance(variance, str) and variance not in ("posterior", "unit", "learned"):
-            raise ValueError(
-                f"TeacherPosterior: variance must be 'posterior', 'unit', 'learned' or a float, got {variance!r}"
+        if "variance" in unknown:
+            raise TypeError(
+                "TeacherPosterior: the argument variance= is now scale= (it is a standard deviation): "
+                f"TeacherPosterior(posterior, scale={unknown['variance']!r})"
             )
-        if not isinstance(variance, str) and not float(variance) > 0:
-            raise ValueError(f"TeacherPosterior: a float variance must be > 0, got {variance!r}")
+        if unknown:
+            raise TypeError(f"TeacherPosterior got unexpected keyword arguments {sorted(unknown)}")
+        if isinstance(scale, str) and scale not in self.SCALES:
+            raise ValueError(
+                f"TeacherPosterior: scale must be 'posterior', 'unit', 'learned' or a positive float, got {scale!r}"
+            )
+        if not isinstance(scale, str) and not float(scale) > 0:
+            raise ValueError(f"TeacherPosterior: a float scale (standard deviation) must be > 0, got {scale!r}")
         if not temperature > 0:
             raise ValueError(f"TeacherPosterior: temperature must be > 0, got {temperature!r}")
         if plan is not None and not callable(getattr(plan, "apply", None)):
@@ -178,9 +192,9 @@ class TeacherPosterior(Prior):
             )
         self.posterior = posterior
         self.plan = plan
-        self.variance = variance
+        self.scale = scale
         self.temperature = float(temperature)
-        self.learn_scale = variance == "learned"
+        self.learn_scale = scale == "learned"
 
     def _aligned(self) -> MeanFieldPosterior:
         if self.plan is None:
@@ -212,12 +226,12 @@ class TeacherPosterior(Prior):
                     f"{tuple(q.locs[name].shape)} in {source}; {fix}"
                 )
         locs = {k: q.locs[k].detach().clone() for k in shapes}
-        if self.variance == "posterior":
+        if self.scale == "posterior":
             scales = {k: q.scales[k].detach().clone() for k in shapes}
-        elif self.variance in ("unit", "learned"):
+        elif self.scale in ("unit", "learned"):
             scales = {k: torch.tensor(1.0, dtype=locs[k].dtype) for k in shapes}
         else:
-            scales = {k: torch.tensor(float(self.variance), dtype=locs[k].dtype) for k in shapes}
+            scales = {k: torch.tensor(float(self.scale), dtype=locs[k].dtype) for k in shapes}
         if self.temperature != 1.0:
             factor = self.temperature**0.5
             scales = {k: v * factor for k, v in scales.items()}
@@ -226,6 +240,6 @@ class TeacherPosterior(Prior):
     def __repr__(self) -> str:
         plan = f", plan={self.plan!r}" if self.plan is not None else ""
         return (
-            f"TeacherPosterior({len(self.posterior)} tensors{plan}, variance={self.variance!r}, "
+            f"TeacherPosterior({len(self.posterior)} tensors{plan}, scale={self.scale!r}, "
             f"temperature={self.temperature})"
         )

@@ -2,33 +2,39 @@
 
 - :func:`narrow`: the architecture of a chain network with every hidden layer's units reduced by a
   fraction (a freshly initialized copy: an architecture, not a pruned network).
+- :func:`aligned_network`: a :class:`~bayesdistill.BNN` of a student network whose q(w) is the
+  teacher's aligned posterior (the aligned teacher itself, untrained).
 - :func:`pruning_curve`: for each fraction, align the teacher to its narrowed architecture
   (:func:`~bayesdistill.align`, one criterion, with or without compensation), use the aligned
-  posterior as the network's q(w) *without any training*, and evaluate it. The curve measures
-  what a unit-selection criterion (and least-squares compensation on probe data) keeps of the
-  teacher's function: the starting point of a distilled student.
+  posterior as the network's q(w) *without any training*, and evaluate it. The curve
+  (:class:`PruningCurve`) measures what a unit-selection criterion (and least-squares
+  compensation on probe data) keeps of the teacher's function: the starting point of a
+  distilled student.
 
 >>> curve = bd.distill.pruning_curve(teacher, data.test, criterion="snr", fractions=(0, .25, .5, .75))
->>> curve["accuracy"]   # one value per fraction; fraction 0 is the teacher itself
+>>> curve.values   # accuracy (or RMSE) per fraction; fraction 0 is the teacher itself
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
-from typing import Any, Union
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, Union
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..bnn.likelihoods import Categorical
-from ..bnn.network import BNN
-from ..bnn.posterior import MeanFieldPosterior
-from ..bnn.priors import Normal as NormalPrior
-from ..errors import DataError, UnsupportedLayerError
+from ...bnn.likelihoods import Categorical
+from ...bnn.network import BNN
+from ...errors import DataError, UnsupportedLayerError
+from ..student import student_from_teacher
 from .chain import LAYERS, NORMS, Layer, parse_chain
+from .criteria import Criterion, criterion_needs_probe, resolve_criterion
+from .driver import align
+from .plan import AlignmentPlan
 
-__all__ = ["narrow", "pruning_curve", "aligned_network", "DEFAULT_FRACTIONS"]
+__all__ = ["narrow", "pruning_curve", "PruningCurve", "aligned_network", "DEFAULT_FRACTIONS"]
 
 #: Fractions of hidden units removed by :func:`pruning_curve` by default.
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -154,88 +160,122 @@ def narrow(net: nn.Sequential, fraction: float) -> nn.Sequential:
 
 
 # ----------------------------------------------------------------------------- pruning curve
-def aligned_network(teacher: BNN, student_net: nn.Module, plan: Any) -> BNN:
+def aligned_network(teacher: BNN, student_net: nn.Module, plan: AlignmentPlan) -> BNN:
     """A :class:`BNN` of ``student_net`` whose q(w) is the teacher's posterior after ``plan``.
 
-    Same likelihood as the teacher (a copy, learned noise included) and the same
-    ``dataset_size``; the prior is a plain ``Normal(0, 1)`` (irrelevant for prediction).
+    The aligned teacher itself, untrained: :func:`~bayesdistill.distill.student_from_teacher`
+    with ``init="teacher"`` (q(w) = the aligned means *and* scales, the aligned normalization
+    statistics, a copy of the teacher's likelihood, its ``dataset_size``; the prior is the
+    aligned teacher prior with unit scale, irrelevant for prediction).
     """
-    aligned = plan.apply(teacher.posterior())
-    bnn = BNN(student_net, prior=NormalPrior(0.0, 1.0), likelihood=copy.deepcopy(teacher.likelihood),
-              dataset_size=teacher.dataset_size, init=aligned)
-    return bnn.to(teacher.loc.device)
+    return student_from_teacher(teacher, student_net, plan=plan, init="teacher")
+
+
+@dataclass(frozen=True)
+class PruningCurve:
+    """The test metrics of a teacher aligned to narrower copies of itself, one entry per fraction.
+
+    Attributes:
+        criterion: the unit-selection criterion's name.
+        compensation: whether the next layers were re-fitted on probe data.
+        metric: ``"accuracy"`` (classification) or ``"rmse"`` (regression): what ``values`` hold.
+        fraction: fractions of hidden units removed.
+        values: the metric per fraction.
+        nll: the test NLL per fraction (nats per example).
+        units: the hidden widths of the narrowed network per fraction.
+        output_error: relative output error of the aligned teacher on the probe data per
+            fraction (``None`` without probe data).
+    """
+
+    criterion: str
+    compensation: bool
+    metric: str
+    fraction: list[float]
+    values: list[float]
+    nll: list[float]
+    units: list[list[int]]
+    output_error: list[Optional[float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (the fields by name)."""
+        return copy.deepcopy(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PruningCurve":
+        """The inverse of :meth:`to_dict`; also reads the former dicts that held the values under
+        the metric's name (``{"accuracy": [...], "metric": "accuracy", ...}``)."""
+        d = dict(data)
+        if "values" not in d and d.get("metric") in d:
+            d["values"] = d.pop(d["metric"])
+        missing = [k for k in cls.__dataclass_fields__ if k not in d]
+        if missing:
+            raise ValueError(f"PruningCurve.from_dict: missing {missing}")
+        return cls(**{k: copy.deepcopy(d[k]) for k in cls.__dataclass_fields__})
 
 
 def pruning_curve(
     teacher: BNN,
     data: Any,
     *,
-    criterion: Union[str, Callable[..., Tensor]] = "snr",
+    criterion: Union[str, Criterion] = "snr",
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     compensation: bool = False,
     probe: Any = None,
     num_samples: int = 16,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> PruningCurve:
     """Test metrics of the teacher aligned to narrower copies of itself, without training.
 
     For each fraction f: ``narrow(teacher.net, f)`` gives the architecture, :func:`~bayesdistill.align`
     maps the teacher's posterior onto it (``criterion``; ``compensation`` re-fits each next layer
-    on ``probe``), and a :class:`BNN` with that aligned posterior as q(w) (same likelihood) is
+    on ``probe``), and :func:`aligned_network` (the aligned posterior as q(w), same likelihood) is
     evaluated on ``data`` by :func:`~bayesdistill.evaluate` (``num_samples`` draws, ``seed``). At
     f = 0 nothing is removed and the metrics are the teacher's own.
 
     Args:
         teacher: a trained :class:`~bayesdistill.BNN` whose network is a chain.
         data: labelled evaluation data (e.g. ``bundle.test``).
-        criterion: ``"snr"``, ``"random"``, ``"data"`` (needs ``probe``) or a callable (see
-            :func:`~bayesdistill.align`).
+        criterion: ``"snr"``, ``"random"``, ``"data"`` (needs ``probe``), another registered
+            criterion or a callable (see :func:`~bayesdistill.align`).
         fractions: fractions of hidden units removed, each in ``[0, 1)``.
         compensation: re-fit the next layer's means on the probe data after each removal.
         probe: teacher inputs (tensor, ``(x, y)`` tuple, Dataset): needed by
-            ``compensation=True`` and ``criterion="data"``, ignored otherwise.
+            ``compensation=True`` and criteria that read activations (``"data"``), ignored
+            otherwise (so the removal rule is ``"permutation"`` without them).
         num_samples: posterior draws of the predictive.
         seed: seeds the random criterion and the evaluation draws.
 
     Returns:
-        ``{"fraction": [...], "accuracy": [...] (classification) or "rmse": [...] (regression),
-        "nll": [...], "metric": "accuracy" | "rmse", "criterion": ..., "compensation": bool,
-        "units": [[hidden widths] per fraction], "output_error": [relative output error of the
-        aligned teacher on the probe data per fraction, or None]}``.
+        A :class:`PruningCurve` (``curve.values``: accuracy or RMSE per fraction, as
+        ``curve.metric`` says).
 
     Raises:
         DataError: ``compensation=True`` or ``criterion="data"`` without ``probe``.
         UnsupportedLayerError: the teacher's network is not a chain :func:`narrow` can rebuild.
     """
-    from ..infer.predictive import evaluate
-    from .align import align
+    from ...infer.predictive import evaluate
 
     if not isinstance(teacher, BNN):
         raise TypeError(f"pruning_curve expects the teacher as a bd.BNN, got {type(teacher).__name__}")
     fracs = [_check_fraction(f) for f in fractions]
     if not fracs:
         raise ValueError("pruning_curve: fractions is empty")
-    needs_probe = bool(compensation) or criterion == "data"
+    _, name = resolve_criterion(criterion)
+    needs_probe = bool(compensation) or criterion_needs_probe(criterion)
     if needs_probe and probe is None:
-        what = "compensation=True" if compensation else 'criterion="data"'
+        what = "compensation=True" if compensation else f"criterion={name!r}"
         raise DataError(f"pruning_curve: {what} needs probe= (inputs of the teacher, e.g. its training inputs)")
     metric = "accuracy" if isinstance(teacher.likelihood, Categorical) else "rmse"
-    name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "callable")
-    curve: dict[str, Any] = {
-        "fraction": [], metric: [], "nll": [], "metric": metric, "criterion": name,
-        "compensation": bool(compensation), "units": [], "output_error": [],
-    }
+    rows = []
     for f in fracs:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the narrowed net's (unused) initialization
             student_net = narrow(teacher.net, f)
-        plan = align(teacher, student_net, criterion=criterion, data=probe if needs_probe else None,
+        plan = align(teacher, student_net, criterion=criterion, probe=probe if needs_probe else None,
                      compensation=bool(compensation), seed=seed)
-        student = aligned_network(teacher, student_net, plan)
-        scores = evaluate(student, data, num_samples=num_samples, seed=seed)
-        curve["fraction"].append(f)
-        curve[metric].append(float(scores[metric]))
-        curve["nll"].append(float(scores["nll"]))
-        curve["units"].append([L.out_units for L in parse_chain(student_net).layers[:-1]])
-        curve["output_error"].append(plan.output_error)
-    return curve
+        scores = evaluate(aligned_network(teacher, student_net, plan), data, num_samples=num_samples, seed=seed)
+        units = [L.out_units for L in parse_chain(student_net).layers[:-1]]
+        rows.append((f, float(scores[metric]), float(scores["nll"]), units, plan.output_error))
+    fraction, values, nll, units, errors = (list(col) for col in zip(*rows))
+    return PruningCurve(criterion=name, compensation=bool(compensation), metric=metric, fraction=fraction,
+                        values=values, nll=nll, units=units, output_error=errors)

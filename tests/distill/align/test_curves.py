@@ -1,8 +1,9 @@
-"""Tests for bayesdistill.distill.pruning (narrow, pruning_curve) and the alignment plots
+"""Narrowed architectures and pruning curves (distill/align/curves.py), and the alignment plots
 (the pruning-curve plot is tested in tests/diagnostics/test_plots.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import matplotlib
@@ -16,7 +17,7 @@ from torch import nn
 
 import bayesdistill as bd
 from bayesdistill.diagnostics import plots
-from bayesdistill.distill import narrow, pruning_curve
+from bayesdistill.distill import PruningCurve, narrow, pruning_curve
 
 from _helpers import toy_classification, toy_regression
 
@@ -131,14 +132,14 @@ def test_pruning_curve_starts_at_the_teacher_and_degrades(toy_teacher):
     own = bd.evaluate(teacher, test, num_samples=16, seed=3)
     assert own["accuracy"] > 0.95
     curve = pruning_curve(teacher, test, criterion="snr", fractions=(0.0, 0.5, 0.9), num_samples=16, seed=3)
-    assert curve["fraction"] == [0.0, 0.5, 0.9]
-    assert curve["metric"] == "accuracy" and curve["criterion"] == "snr" and curve["compensation"] is False
-    assert curve["units"] == [[32, 32], [16, 16], [3, 3]]
-    assert curve["accuracy"][0] == pytest.approx(own["accuracy"], abs=1e-6)
-    assert curve["nll"][0] == pytest.approx(own["nll"], rel=1e-5)
-    assert curve["accuracy"][2] < own["accuracy"] - 0.2
-    assert curve["nll"][2] > own["nll"] + 0.3
-    assert curve["output_error"] == [None, None, None]
+    assert curve.fraction == [0.0, 0.5, 0.9]
+    assert curve.metric == "accuracy" and curve.criterion == "snr" and curve.compensation is False
+    assert curve.units == [[32, 32], [16, 16], [3, 3]]
+    assert curve.values[0] == pytest.approx(own["accuracy"], abs=1e-6)
+    assert curve.nll[0] == pytest.approx(own["nll"], rel=1e-5)
+    assert curve.values[2] < own["accuracy"] - 0.2
+    assert curve.nll[2] > own["nll"] + 0.3
+    assert curve.output_error == [None, None, None]
 
 
 def test_pruning_curve_compensation_needs_and_uses_probe(toy_teacher):
@@ -149,12 +150,12 @@ def test_pruning_curve_compensation_needs_and_uses_probe(toy_teacher):
         pruning_curve(teacher, test, criterion="data", fractions=(0.5,))
     plain = pruning_curve(teacher, test, fractions=(0.0, 0.7), num_samples=8)
     comp = pruning_curve(teacher, test, fractions=(0.0, 0.7), compensation=True, probe=x, num_samples=8)
-    assert comp["compensation"] is True
-    assert comp["accuracy"][0] == plain["accuracy"][0]
-    assert comp["output_error"][0] == pytest.approx(0.0, abs=1e-9) and comp["output_error"][1] < 0.1
-    assert comp["nll"][1] < plain["nll"][1]  # re-fitting the next layer keeps the function
+    assert comp.compensation is True
+    assert comp.values[0] == plain.values[0]
+    assert comp.output_error[0] == pytest.approx(0.0, abs=1e-9) and comp.output_error[1] < 0.1
+    assert comp.nll[1] < plain.nll[1]  # re-fitting the next layer keeps the function
     random = pruning_curve(teacher, test, criterion="random", fractions=(0.7,), num_samples=8, seed=1)
-    assert random["criterion"] == "random" and len(random["accuracy"]) == 1
+    assert random.criterion == "random" and len(random.values) == 1
     with pytest.raises(ValueError, match="fraction"):
         pruning_curve(teacher, test, fractions=(1.0,))
     with pytest.raises(TypeError):
@@ -169,8 +170,28 @@ def test_pruning_curve_regression_reports_rmse():
     teacher = bd.BNN(net, likelihood=bd.likelihoods.Normal(scale=0.1, learn_scale=True), dataset_size=200)
     bd.fit(teacher, (x, y), epochs=5, lr=1e-2, progress=False, seed=0)
     curve = pruning_curve(teacher, (x, y), fractions=(0.0, 0.5), num_samples=8)
-    assert curve["metric"] == "rmse" and "accuracy" not in curve
-    assert curve["rmse"][0] == pytest.approx(bd.evaluate(teacher, (x, y), num_samples=8)["rmse"], rel=1e-5)
+    assert curve.metric == "rmse"
+    assert curve.values[0] == pytest.approx(bd.evaluate(teacher, (x, y), num_samples=8)["rmse"], rel=1e-5)
+
+
+def test_pruning_curve_result_fields_and_plain_data():
+    curve = PruningCurve(criterion="snr", compensation=True, metric="accuracy", fraction=[0.0, 0.5],
+                         values=[0.9, 0.6], nll=[0.3, 1.2], units=[[32, 32], [16, 16]], output_error=[0.0, 0.2])
+    assert [f.name for f in dataclasses.fields(PruningCurve)] == [
+        "criterion", "compensation", "metric", "fraction", "values", "nll", "units", "output_error"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        curve.metric = "rmse"
+    d = curve.to_dict()
+    assert json.loads(json.dumps(d)) == d and d["values"] == [0.9, 0.6] and d["units"] == [[32, 32], [16, 16]]
+    assert PruningCurve.from_dict(d) == curve
+    d["units"][0].append(1)
+    assert curve.units == [[32, 32], [16, 16]]  # to_dict is a copy
+    # the former dicts (values under the metric's name) are read too
+    old = {"fraction": [0.0], "rmse": [0.4], "nll": [0.3], "metric": "rmse", "criterion": "random",
+           "compensation": False, "units": [[4]], "output_error": [None]}
+    assert PruningCurve.from_dict(old).values == [0.4] and PruningCurve.from_dict(old).metric == "rmse"
+    with pytest.raises(ValueError, match="missing"):
+        PruningCurve.from_dict({"fraction": [0.0]})
 
 
 # ----------------------------------------------------------------------------- plots
@@ -185,7 +206,7 @@ def cnn_plan():
         teacher = bd.BNN(bd.models.build("cnn-deep", (40,), 10), dataset_size=96)
         student = bd.models.build("cnn-small", (40,), 10)
     bd.fit(teacher, (x, y), epochs=1, batch_size=32, progress=False)
-    return bd.align(teacher, student, data=x), teacher, (x, y)
+    return bd.align(teacher, student, probe=x), teacher, (x, y)
 
 
 def test_alignment_plot(cnn_plan, tmp_path):

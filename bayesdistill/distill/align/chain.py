@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..errors import UnsupportedLayerError
+from ...errors import UnsupportedLayerError
 
 __all__ = ["Layer", "Chain", "parse_chain"]
 
