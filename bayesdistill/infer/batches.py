@@ -20,16 +20,17 @@ Anything else needs an adapter: ``bd.fit(..., batch=lambda b: (b["image"], b["la
 from __future__ import annotations
 
 import hashlib
-import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from ..errors import DataError
+from .distributed import global_batches, steps_per_epoch
 
 __all__ = ["Batch", "Batches", "BatchAdapter", "default_batch", "Data"]
 
@@ -126,11 +127,13 @@ class Batches:
     """
 
     def __init__(self, data: Data, batch_size: int, device: torch.device, seed: int, shuffle: bool = True,
-                 adapter: Optional[BatchAdapter] = None, what: str = "training data"):
+                 adapter: Optional[BatchAdapter] = None, what: str = "training data", rank: int = 0,
+                 world_size: int = 1):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.device, self.seed, self.batch_size, self.shuffle = device, seed, batch_size, shuffle
         self.adapter, self.what = adapter, what
+        self.rank, self.world_size = rank, world_size
         self.loader: Optional[DataLoader] = None
         self.dataset: Optional[Dataset] = None
         self.tensors: Optional[tuple[Tensor, ...]] = None
@@ -161,13 +164,30 @@ class Batches:
             )
         if self.num_examples == 0:
             raise DataError(f"the {what} are empty (0 examples)")
+        if world_size > 1 and self.loader is not None:
+            self._check_distributed_loader()
+
+    def _check_distributed_loader(self) -> None:
+        sampler = self.loader.sampler  # type: ignore[union-attr]
+        if not isinstance(sampler, DistributedSampler):
+            raise DataError(
+                f"{self.what}: a DataLoader in a {self.world_size}-process run needs a "
+                "torch.utils.data.DistributedSampler (otherwise every rank trains on all the data); "
+                "or pass the Dataset itself and fit shards it"
+            )
+        n = self.num_examples
+        if n % self.world_size and not sampler.drop_last:
+            warnings.warn(
+                f"{self.what}: the DistributedSampler pads {self.world_size - n % self.world_size} examples "
+                f"(repeated) so that {n} examples split over {self.world_size} processes; pass the Dataset "
+                "itself to fit for an exact split",
+                stacklevel=4,
+            )
 
     def __len__(self) -> int:
-        if self.tensors is not None:
-            return math.ceil(len(self.tensors[0]) / self.batch_size)
         if self.loader is not None:
             return len(self.loader)
-        return math.ceil(len(self.dataset) / self.batch_size)  # type: ignore[arg-type]
+        return steps_per_epoch(self.num_examples, self.batch_size, self.world_size)
 
     @property
     def num_examples(self) -> int:
@@ -181,17 +201,22 @@ class Batches:
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """The batches of one epoch, in the order seeded by ``(seed, epoch)``."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        if self.tensors is not None:
-            n = len(self.tensors[0])
+        if self.loader is not None:
+            loader = self.loader
+            if isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(epoch)
+        else:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            n = self.num_examples
             order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-            order = order.to(self.device)
-            for start in range(0, n, self.batch_size):
-                idx = order[start: start + self.batch_size]
-                x, *rest = (t.index_select(0, idx) for t in self.tensors)
-                yield Batch(x, rest[0] if rest else None, {"extra": tuple(rest[1:])} if len(rest) > 1 else {})
-            return
-        loader = self.loader or DataLoader(self.dataset, self.batch_size, shuffle=self.shuffle, generator=gen)
+            local = global_batches(order, self.batch_size, self.rank, self.world_size)
+            if self.tensors is not None:
+                for idx in local:
+                    idx = idx.to(self.device)
+                    x, *rest = (t.index_select(0, idx) for t in self.tensors)
+                    yield Batch(x, rest[0] if rest else None, {"extra": tuple(rest[1:])} if len(rest) > 1 else {})
+                return
+            loader = DataLoader(self.dataset, batch_sampler=[idx.tolist() for idx in local])
         for i, raw in enumerate(loader, start=1):
             batch = _adapted(self.adapter, raw)
             _check_finite(batch, i, epoch, self.what)  # on the host, before the copy: no device sync

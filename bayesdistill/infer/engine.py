@@ -36,6 +36,7 @@ from .._checks import check_int, check_number
 from ..bnn.local_reparam import LAYER_CHOICES, LocalReparameterization
 from ..bnn.network import BNN
 from ..errors import DataError, NonFiniteLossError
+from . import distributed
 from .batches import Batch, BatchAdapter, Batches, Data
 from .callbacks import Callback, FunctionCallback
 from .elbo import MeanFieldELBO
@@ -96,7 +97,8 @@ class EpochStats:
         self.term_calls = 0
 
 
-def _resolve_device(bnn: BNN, device: Union[str, torch.device, None]) -> torch.device:
+def _resolve_device(bnn: BNN, device: Union[str, torch.device, None],
+                    group: Optional[distributed.ProcessGroup] = None) -> torch.device:
     if device is None:
         return bnn.loc.device
     try:
@@ -105,6 +107,8 @@ def _resolve_device(bnn: BNN, device: Union[str, torch.device, None]) -> torch.d
         raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={str(device)!r} was requested but CUDA is not available here; use device='cpu'")
+    if device.type == "cuda" and device.index is None and group is not None:
+        device = torch.device("cuda", group.local_rank)  # one GPU per process under torchrun
     return device
 
 
@@ -191,7 +195,8 @@ class SVIEngine:
         self.transfer = transfer
         self.callbacks = sorted((cb if isinstance(cb, Callback) else FunctionCallback(cb) for cb in callbacks),
                                 key=lambda cb: cb.order)
-        self.device = _resolve_device(bnn, device)
+        self.group = distributed.current()
+        self.device = _resolve_device(bnn, device, self.group)
         # state
         self.epoch = 0  # last finished epoch
         self.epochs = 0  # the epoch to train up to (set by run)
@@ -199,7 +204,7 @@ class SVIEngine:
         self.history: list[dict[str, float]] = []
         self.should_stop = False
         self.checkpoint_path: Optional[Path] = None
-        self.is_main_process = True
+        self.is_main_process = self.group is None or self.group.is_main
         self.objective: Optional[Objective] = None
         self._initialized = False
         self._data_fingerprints: Optional[dict[str, Any]] = None
@@ -210,13 +215,17 @@ class SVIEngine:
         the terms on the first training inputs and build the optimizer. Idempotent."""
         if self._initialized:
             return self
-        bnn, device = self.bnn, self.device
+        bnn, device, group = self.bnn, self.device, self.group
         bnn.to(device)
         if self.seed is not None:
             pyro.set_rng_seed(self.seed)
         # the batch order is seeded by `seed`; without one it comes from the global torch RNG
         self.batch_seed = self.seed if self.seed is not None else int(torch.randint(2**31 - 1, ()))
-        self.batches = Batches(self.data, self.batch_size, device, self.batch_seed, adapter=self.adapter)
+        if group is not None:  # one batch order for all ranks
+            self.batch_seed = int(group.broadcast_object(self.batch_seed))
+        rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
+        self.batches = Batches(self.data, self.batch_size, device, self.batch_seed, adapter=self.adapter,
+                               rank=rank, world_size=world)
         self._check_dataset_size()
         self.validate_data()
         self.model, self.guide = bnn.model, bnn.guide
@@ -226,6 +235,8 @@ class SVIEngine:
         params = list(bnn.parameters()) + (list(self.objective.parameters()) if self.objective is not None else [])
         self.optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         self.params = [p for p in params if p.requires_grad]
+        if group is not None:  # every rank starts from rank 0's parameters and buffers
+            group.broadcast_(params + self._buffers())
         self.elbo = MeanFieldELBO(num_particles=self.num_particles)
         self.check_each_step = device.type == "cpu"
         bnn.kl_weight = self.kl_weight
@@ -274,8 +285,9 @@ class SVIEngine:
         self.objective = objective
         self.model, self.guide = objective.model, objective.guide
         if self.transfer is not None:
+            rank, world = (self.group.rank, self.group.world_size) if self.group is not None else (0, 1)
             self.transfer_batches = Batches(self.transfer, self.batch_size, self.device, self.batch_seed + 1,
-                                            adapter=self.adapter, what="transfer data")
+                                            adapter=self.adapter, what="transfer data", rank=rank, world_size=world)
             first = self.transfer_batches.first()
             try:
                 self.bnn.check_data(first.x)
@@ -360,6 +372,23 @@ class SVIEngine:
         parameters are not touched). Returns the detached loss.
         """
         stats = stats if stats is not None else EpochStats(self.device)
+        loss, parts, ok = self.backward(batch, stats, transfer)
+        if not ok:
+            return loss
+        if self.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
+        self.optimizer.step()
+        self.global_step += 1
+        stats.loss += loss
+        stats.nll += parts["nll"]
+        stats.kl += parts["kl"]
+        return loss
+
+    def backward(self, batch: Batch, stats: EpochStats, transfer: Optional[Iterator[Batch]] = None
+                 ) -> tuple[Tensor, dict[str, Tensor], bool]:
+        """The negative ELBO of ``batch`` and its gradient in the parameters' ``.grad`` (averaged
+        over ranks in a multi-process run). Returns ``(detached loss, its parts, ok)``; ``ok`` is
+        ``False`` when the update must be skipped (a non-finite loss on CPU or on any rank)."""
         stats.steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         try:
@@ -378,21 +407,36 @@ class SVIEngine:
             self._explain_batch_error(batch, stats.steps, err)
             raise
         finite = torch.isfinite(loss)
-        if self.check_each_step:  # CPU: checking now costs nothing, and stops before the update
-            if not bool(finite):
-                stats.first_bad.fill_(stats.steps)
-                return loss.detach()
+        if self.group is not None:  # every rank takes part in the all-reduce, a bad one included
+            loss.backward()
+            ok = bool(self._average_gradients(finite))
+        elif self.check_each_step:  # CPU: checking now is free, and stops before the backward pass
+            ok = bool(finite)
+            if ok:
+                loss.backward()
         else:  # CUDA: record the first bad step on the device, read it once per epoch
             stats.first_bad = torch.where((stats.first_bad < 0) & ~finite, stats.steps, stats.first_bad)
-        loss.backward()
-        if self.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
-        self.optimizer.step()
-        self.global_step += 1
-        stats.loss += loss.detach()
-        stats.nll += parts["nll"]
-        stats.kl += parts["kl"]
-        return loss.detach()
+            loss.backward()
+            ok = True
+        if not ok:
+            stats.first_bad.fill_(stats.steps)
+        return loss.detach(), parts, ok
+
+    def _average_gradients(self, finite: Tensor) -> Tensor:
+        """One all-reduce of the flattened gradients and the finiteness flag; returns whether
+        every rank's loss was finite."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads] + [(~finite).to(grads[0].dtype).reshape(1)])
+        self.group.all_reduce_mean_(flat)  # type: ignore[union-attr]
+        offset = 0
+        for p, g in zip(self.params, grads):
+            p.grad = flat[offset: offset + g.numel()].view_as(g)
+            offset += g.numel()
+        return flat[-1] == 0
+
+    def _buffers(self) -> list[Tensor]:
+        mods = [self.bnn] + ([self.objective.terms] if self.objective is not None else [])
+        return [b for m in mods for b in m.buffers() if b.is_floating_point() or b.dtype == torch.long]
 
     def _transfer_loss(self, tb: Batch, stats: EpochStats) -> Tensor:
         # the KL was counted once, on the labelled batch: a transfer batch adds only its terms
@@ -424,14 +468,29 @@ class SVIEngine:
         t0 = time.perf_counter()
         stats = EpochStats(self.device)
         transfer = self._transfer_iter(epoch)
+        if self.group is not None:  # independent weight noise per rank and epoch, resumable
+            pyro.set_rng_seed(distributed.noise_seed(self.batch_seed, self.group.rank, epoch))
         for batch in self.batches.epoch(epoch):
             self.step(batch, stats, transfer)
-            if self.check_each_step and int(stats.first_bad) >= 0:
+            if (self.check_each_step or self.group is not None) and int(stats.first_bad) >= 0:
                 break
+        if self.group is not None:
+            self._reduce(stats)
         bad = int(stats.first_bad)  # one host sync per epoch
         if bad >= 0 or not math.isfinite(float(stats.loss)):
             self._nonfinite(epoch, bad if bad >= 0 else None)
         return self._record(epoch, stats, time.perf_counter() - t0)
+
+    def _reduce(self, stats: EpochStats) -> None:
+        """Average the epoch's sums over ranks (equal step counts); rank 0's buffers to all."""
+        group = self.group
+        keys = sorted(stats.terms)
+        flat = torch.stack([stats.loss, stats.nll, stats.kl] + [stats.terms[k] for k in keys]).double()
+        group.all_reduce_mean_(flat)  # type: ignore[union-attr]
+        stats.loss, stats.nll, stats.kl = (v.to(stats.loss.dtype) for v in flat[:3])
+        stats.terms = {k: flat[3 + i].float() for i, k in enumerate(keys)}
+        group.all_reduce_max_(stats.first_bad)  # type: ignore[union-attr]
+        group.broadcast_(self._buffers())  # type: ignore[union-attr]
 
     def _nonfinite(self, epoch: int, step: Optional[int]) -> None:
         for cb in self.callbacks:
