@@ -38,7 +38,7 @@ step() {  # step SECONDS NAME COMMAND...  (runs when the name's first word is in
 } 2>&1 | tee -a "$LOG"
 
 step 150 "tests (CUDA)" python3 -m pytest -q -p no:cacheprovider -k cuda -rs \
-    tests/test_cuda.py tests/test_align.py tests/test_function_space.py
+    tests/test_cuda.py tests/test_align.py tests/distill/terms/test_base.py
 step 200 "svi overhead" python3 benchmarks/svi_overhead.py --device cuda --rounds 15 --steps 50 \
     --json "$OUT/svi_overhead_cuda.json"
 step 90 "predictive" python3 benchmarks/predictive.py --device cuda --rounds 15 --profile \

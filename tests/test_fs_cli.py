@@ -140,7 +140,9 @@ def test_transfer_pkt_hint_and_pairs(teacher: Path, tmp_path: Path, monkeypatch:
                  "--out", str(out)]) == 0
     assert calls == [(300, 1003)]  # the transfer set: generated MNIST-1D inputs, seed 1000 + --seed
     row = _history(out / "history.csv")[0]
-    assert {"distill/pkt.2/loss", "distill/pkt.4/loss", "distill/hint/loss", "distill/kd/loss"} <= set(row) and "distill/vid/loss" not in row
+    # one PKT term over both pairs, one Hint term, KD
+    assert {"distill/pkt/loss", "distill/pkt/pair0/loss", "distill/pkt/pair1/loss", "distill/hint/loss",
+            "distill/hint/pair1/loss", "distill/kd/loss"} <= set(row) and "distill/vid/loss" not in row
     assert not (out / "vid_bounds.png").exists() and (out / "cosine_distances.png").is_file()
     fs = json.loads((out / "metrics.json").read_text())["function_space"]
     assert fs["pairs"] == {"4": "2", "6": "4"} and fs["transfer_size"] == 300
@@ -167,7 +169,7 @@ def test_function_space_options_parse() -> None:
     args = parse(["distill", "--teacher", "t.pt", "--student", "mlp", "--out", "x", "--method", "KD, vid,kd",
                   "--pairs", "8:4, 6:2", "--transfer", "10"])
     assert args.method == ("kd", "vid") and args.pairs == {"8": "4", "6": "2"} and args.transfer == 10
-    assert set(METHODS) == {"prior", "kd", "vid", "pkt", "hint"}
+    assert set(METHODS) == {"prior", "kd", "vid", "pkt", "hint", "tinybert"}  # prior and the registered terms
     for bad in (["--method", "magic"], ["--method", ""], ["--vid-pairs", "8"], ["--vid-pairs", "8:4,8:2"],
                 ["--transfer", "0"], ["--kd-weight", "1.5"], ["--vid-weight", "0"]):
         with pytest.raises(SystemExit) as exc:

@@ -1,17 +1,22 @@
-"""Distillation: the teacher posterior as the student prior, and layer alignment.
+"""Distillation: the teacher posterior as the student prior, layer alignment, and function-space terms.
 
 - :func:`align` / :class:`AlignmentPlan`: map a teacher posterior onto a smaller student's
   shapes (Grabovoy & Strijov, 2021); the package :mod:`bayesdistill.distill.align` holds the
   criteria, removal rules, feasibility checks and the plan.
 - :func:`student_from_teacher`: the student BNN with the aligned teacher prior, start and
   normalization statistics, in one call.
-- :class:`KD`, :class:`VID`, :class:`PKT`, :class:`Hint`: function-space terms of the
-  student's Pyro objective (``bd.fit(student, data, distill=[...], transfer=...)``);
-  :class:`TinyBERT` layer losses; :func:`heavy_student` two-step transfer.
+- :mod:`.terms`: the function-space terms of the student's Pyro objective
+  (``bd.fit(student, data, distill=[...], transfer=...)``), one module each and registered by
+  name (:func:`register_term`, :func:`available_terms`, :func:`get_term`): :class:`KD`,
+  :class:`VID`, :class:`PKT`, :class:`Hint`, :class:`TinyBERT`; their bases
+  :class:`DistillTerm` and :class:`PairTerm`. :func:`heavy_student` two-step transfer (with
+  the :class:`DecayWeights` callback).
 - :func:`narrow` / :func:`pruning_curve`: narrowed architectures of a chain network, and the
   teacher's test metrics after alignment to them (no training), per fraction of units removed.
 """
 
+from ..bnn.taps import FeatureTaps
+from ..infer.objective import Objective
 from .align import (
     CRITERIA,
     REMOVALS,
@@ -27,10 +32,29 @@ from .align import (
     register_criterion,
     register_removal,
 )
-from .heavy import HeavyStudentResult, heavy_student
-from .tinybert import TinyBERT
-from .function_space import KD, PKT, VID, DistillObjective, DistillTerm, FeatureTaps, Hint, TeacherFeatures
+from .heavy import DecayWeights, HeavyStudentResult, heavy_student
 from .student import student_from_teacher
+from .terms import (
+    KD,
+    PKT,
+    TERMS,
+    VID,
+    DistillTerm,
+    Hint,
+    PairTerm,
+    TeacherFeatures,
+    TermOption,
+    TermSpec,
+    TinyBERT,
+    available_terms,
+    default_pairs,
+    get_term,
+    register_term,
+    unregister_term,
+)
+
+#: The objective of a student with distillation terms is the generic :class:`bayesdistill.infer.Objective`.
+DistillObjective = Objective
 
 __all__ = [
     "KD",
@@ -40,9 +64,19 @@ __all__ = [
     "TinyBERT",
     "heavy_student",
     "HeavyStudentResult",
+    "DecayWeights",
     "DistillTerm",
+    "PairTerm",
     "DistillObjective",
     "FeatureTaps",
     "TeacherFeatures",
+    "default_pairs",
+    "TERMS",
+    "TermOption",
+    "TermSpec",
+    "register_term",
+    "unregister_term",
+    "available_terms",
+    "get_term",
     "align", "AlignmentPlan", "UnitContext", "CRITERIA", "parse_chain", "narrow", "pruning_curve", "aligned_network",
     "register_criterion", "REMOVALS", "register_removal", "check_alignable", "PruningCurve", "student_from_teacher"]

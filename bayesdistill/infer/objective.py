@@ -60,7 +60,9 @@ class Term(nn.Module):
     :meth:`log_factor`, the per-example contribution ``[B]`` in nats (higher = better) before
     the weight; or override :meth:`observe` to emit Pyro sites of their own (and then report
     their metrics in :attr:`metrics`). A term that reads a reference (a teacher) overrides
-    :meth:`reference_key`, :meth:`reference_paths` and :meth:`reference`.
+    :meth:`reference_key`, :meth:`reference_paths` and :meth:`reference`. What depends on the
+    student network (e.g. default module paths) is resolved in :meth:`bind`, which the
+    :class:`Objective` calls before it reads :attr:`student_paths`.
 
     ``weight`` is part of the term's ``state_dict`` (extra state), so a weight changed during
     training (a schedule, the heavy student's decay) is checkpointed and restored on resume.
@@ -90,6 +92,11 @@ class Term(nn.Module):
 
     def set_extra_state(self, state: Mapping[str, float]) -> None:
         self.weight = float(state["weight"])
+
+    # -- the student ----------------------------------------------------------------------
+    def bind(self, bnn: BNN) -> None:
+        """Resolve what depends on the student (e.g. default feature paths) before the objective
+        reads :attr:`student_paths`; called when the objective is built. Default: nothing."""
 
     # -- the reference (a teacher) ------------------------------------------------------------
     def reference_key(self) -> Optional[Hashable]:
@@ -154,12 +161,14 @@ class Objective:
         for t in terms:
             if not isinstance(t, Term):
                 raise TypeError(
-                    f"distill= expects terms of the objective (bd.distill.KD, VID, PKT, Hint, ...; "
-                    f"subclasses of bd.infer.Term), got {type(t).__name__}"
+                    f"distill= expects terms of the objective (the bd.distill terms, or any subclass "
+                    f"of bd.infer.Term), got {type(t).__name__}"
                 )
         if len({id(t) for t in terms}) < len(terms):
             raise ValueError("the same term object appears twice in distill=; build one object per term")
         self.bnn = bnn
+        for t in terms:
+            t.bind(bnn)
         seen: set[str] = set()
         for t in terms:  # unique names: sites and history columns must not collide
             base, k = t.name, 1

@@ -37,9 +37,9 @@ def test_feature_taps_wrong_path_names_it_and_lists_paths():
 
 def test_feature_taps_still_importable_from_distill():
     from bayesdistill.distill import FeatureTaps as from_distill
-    from bayesdistill.distill.function_space import FeatureTaps as from_function_space
+    from bayesdistill.distill.terms.base import FeatureTaps as from_terms
 
-    assert from_distill is from_function_space is FeatureTaps is bd.bnn.FeatureTaps
+    assert from_distill is from_terms is FeatureTaps is bd.bnn.FeatureTaps
 
 
 # ----------------------------------------------------------------------------- last_hidden_layer

@@ -1,4 +1,4 @@
-"""TinyBERT-style layer losses on a small Transformer encoder, and the heavy-student transfer."""
+"""TinyBERT-style layer losses on a small Transformer encoder."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pyro import poutine
 from torch import nn
 
 import bayesdistill as bd
-from _helpers import tiny_mlp, toy_classification
-from bayesdistill.distill import DistillObjective, TinyBERT, heavy_student
-from bayesdistill.distill.function_space import FeatureTaps
+from _helpers import toy_classification
+from bayesdistill.bnn import FeatureTaps
+from bayesdistill.distill import DistillObjective, TinyBERT
 from bayesdistill.infer import MeanFieldELBO
 
 
@@ -91,6 +91,7 @@ def test_tinybert_term_enters_the_objective_and_trains():
     trace = poutine.trace(obj.model).get_trace(x, y)
     site = trace.nodes["distill.tinybert"]
     assert site["is_observed"] and float(site["scale"]) == pytest.approx(1.0)  # batch = data set
+    assert set(obj.step_metrics()) == {"distill/tinybert/loss"}
     result = bd.fit(student, (x, y), epochs=3, batch_size=12, lr=1e-2, progress=False, distill=[term])
     assert [r["distill/tinybert/loss"] for r in result.history][-1] < result.history[0]["distill/tinybert/loss"]
     loss = MeanFieldELBO().differentiable_loss(obj.model, obj.guide, x, y)
@@ -113,56 +114,10 @@ def test_tinybert_needs_attention_weights():
         bd.fit(student, (x, y), epochs=1, progress=False, distill=[term])
 
 
-def test_heavy_student_runs_both_stages_with_decaying_intermediate_weights():
-    x, y = toy_classification(40)
-    teacher = bd.BNN(tiny_mlp(hidden=12, seed=0), dataset_size=40)
-    bd.fit(teacher, (x, y), epochs=3, batch_size=20, progress=False)
-    aux = bd.BNN(tiny_mlp(hidden=12, seed=1), dataset_size=40)
-    student = bd.BNN(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 3)), dataset_size=40)
-    aux_before = aux.loc.detach().clone()
-    res = heavy_student(
-        teacher, aux, student, (x, y), teacher_pair=("1", "1"), pairs={"0": "0", "2": "4"},
-        epochs=(2, 3), intermediate_weight=4.0, decay=0.5, batch_size=20, progress=False,
-    )
-    assert len(res.auxiliary.history) == 2 and len(res.student.history) == 3
-    assert "distill/pkt.1/loss" in res.auxiliary.history[0]
-    assert not torch.equal(aux.loc.detach(), aux_before)  # stage 1 trained the auxiliary student
-    weights = [r["intermediate_weight"] for r in res.student.history]
-    assert weights == pytest.approx([2.0, 1.0, 0.5])  # x decay after every epoch
-    with pytest.raises(ValueError, match="decay"):
-        heavy_student(teacher, aux, student, (x, y), teacher_pair=("1", "1"), pairs={"2": "4"}, decay=0.0)
-
-
-def test_heavy_student_resume_continues_the_decay_and_matches_an_uninterrupted_run(tmp_path):
-    """Stage checkpoints go to D/auxiliary and D/student; an interrupted stage 2 resumed with
-    resume=True ends bit-identical to an uninterrupted run (weights decayed from the epochs done)."""
-    x, y = toy_classification(40)
-    teacher = bd.BNN(tiny_mlp(hidden=12, seed=0), dataset_size=40)
-    bd.fit(teacher, (x, y), epochs=2, batch_size=20, progress=False, seed=0)
-
-    def nets():
-        torch.manual_seed(11)  # the same initial student every time
-        aux = bd.BNN(tiny_mlp(hidden=12, seed=1), dataset_size=40)
-        student = bd.BNN(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 3)),
-                         dataset_size=40)
-        return aux, student
-
-    kw = dict(teacher_pair=("1", "1"), pairs={"0": "0", "2": "4"}, intermediate_weight=4.0, decay=0.5,
-              batch_size=20, progress=False, seed=3)
-    aux, student = nets()
-    full = heavy_student(teacher, aux, student, (x, y), epochs=(2, 4), **kw)
-
-    aux2, student2 = nets()
-    first = heavy_student(teacher, aux2, student2, (x, y), epochs=(2, 2), checkpoint_dir=tmp_path, **kw)
-    assert (tmp_path / "auxiliary" / "checkpoint.pt").exists() and (tmp_path / "student" / "checkpoint.pt").exists()
-    assert [r["intermediate_weight"] for r in first.student.history] == pytest.approx([2.0, 1.0])
-    aux3, student3 = nets()  # fresh objects, as after a crash: everything comes from the checkpoints
-    rest = heavy_student(teacher, aux3, student3, (x, y), epochs=(2, 4), checkpoint_dir=tmp_path, resume=True,
-                         extend=True, **kw)  # stage 2 was planned for 2 epochs
-
-    assert [r["intermediate_weight"] for r in rest.student.history] == pytest.approx([2.0, 1.0, 0.5, 0.25])
-    assert len(rest.auxiliary.history) == 2  # the finished stage 1 was restored, not retrained
-    assert torch.equal(aux3.loc, aux.loc) and torch.equal(aux3.rho, aux.rho)
-    assert torch.equal(student3.loc, student.loc) and torch.equal(student3.rho, student.rho)
-    strip = lambda h: [{k: v for k, v in r.items() if "time" not in k} for r in h]  # noqa: E731
-    assert strip(rest.student.history) == strip(full.student.history)
+def test_tinybert_hidden_states_must_agree_but_in_width():
+    x, y = toy_classification(8, in_dim=6)
+    teacher = bd.BNN(Encoder(8, 2, 1, seed=1), dataset_size=8)
+    student = bd.BNN(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), dataset_size=8)
+    term = TinyBERT(teacher, hidden={"blocks.0": "1"})  # [B, 6, 8] against a vector [B, 5]
+    with pytest.raises(ValueError, match=r"TinyBERT hidden states differ in shape.*'blocks.0' \(8, 6, 8\)"):
+        bd.fit(student, (x, y), epochs=1, progress=False, distill=[term])

@@ -11,7 +11,7 @@ For paired layers (teacher module path -> student module path):
   logits.
 
 All enter the student's Pyro objective as one per-example log-factor ``-weight * sum of
-losses`` (see :mod:`bayesdistill.distill.function_space`).
+losses`` (:class:`~bayesdistill.distill.DistillTerm`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..bnn.network import BNN
-from .function_space import DistillTerm
+from ...bnn.network import BNN
+from .base import DistillTerm
+from .registry import TermOption, register_term
 
 __all__ = ["TinyBERT", "attention_weights"]
 
@@ -45,6 +46,21 @@ def _hidden(out) -> Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+@register_term(
+    "tinybert",
+    description="TinyBERT layer losses: hidden states of the feature pairs (learned projections) and soft "
+    "cross-entropy of softened logits",
+    options=[
+        TermOption("temperature", float, 1.0, "temperature t of the prediction loss", range="(0, inf)"),
+        TermOption("weight", float, 1.0, "weight of the summed losses", range="(0, inf)"),
+    ],
+    # from a command line the feature pairs are hidden-state pairs [B, L, d]; attention and
+    # embedding pairs need the Python API
+    build=lambda teacher, pairs, temperature, weight: [
+        TinyBERT(teacher, hidden=pairs, temperature=temperature, weight=weight)],
+    pairs=True,
+    tasks=("classification",),
+)
 class TinyBERT(DistillTerm):
     """TinyBERT's attention / hidden-state / embedding / prediction losses as one term.
 
@@ -56,6 +72,10 @@ class TinyBERT(DistillTerm):
         temperature: t of the prediction loss; ``None`` disables it.
         weight: multiplies the sum of the losses.
         weights: optional per-loss multipliers ``{"attn", "hidn", "embd", "pred"}``.
+        name: the term's name (default ``"tinybert"``).
+
+    ``loss`` reports the batch mean of the weighted sum of the losses (``-log_factor``, before
+    ``weight``), nats per example for the prediction loss.
     """
 
     def __init__(
@@ -69,8 +89,9 @@ class TinyBERT(DistillTerm):
         weight: float = 1.0,
         weights: Optional[Mapping[str, float]] = None,
         teacher_mode: str = "mean",
+        name: Optional[str] = None,
     ):
-        super().__init__(teacher, weight, "tinybert", teacher_mode)
+        super().__init__(teacher, weight, name or "tinybert", teacher_mode)
         self.attention = dict(attention or {})
         self.hidden = dict(hidden or {})
         self.embedding = dict(embedding or {})
@@ -86,9 +107,14 @@ class TinyBERT(DistillTerm):
     def setup(self, s_out, s_feats, t_out, t_feats) -> None:
         for kind, pairs in (("hidn", self.hidden), ("embd", self.embedding)):
             for i, (tp, sp) in enumerate(pairs.items()):
-                ds, dt = _hidden(s_feats[sp]).shape[-1], _hidden(t_feats[tp]).shape[-1]
-                lin = nn.Linear(ds, dt)
-                self.proj[f"{kind}{i}"] = lin.to(_hidden(s_feats[sp]).device)
+                s, t = _hidden(s_feats[sp]), _hidden(t_feats[tp])
+                if s.shape[:-1] != t.shape[:-1]:
+                    raise ValueError(
+                        f"TinyBERT {'hidden states' if kind == 'hidn' else 'embeddings'} differ in shape: teacher "
+                        f"{tp!r} {tuple(t.shape)}, student {sp!r} {tuple(s.shape)} (all but the last dimension, "
+                        "the width, must match)"
+                    )
+                self.proj[f"{kind}{i}"] = nn.Linear(s.shape[-1], t.shape[-1]).to(s.device)
 
     def losses(self, s_out, s_feats, t_out, t_feats) -> dict[str, Tensor]:
         """Per-example losses ``[B]`` by kind (attn, hidn, embd, pred)."""

@@ -1,0 +1,169 @@
+"""KD (Hinton knowledge distillation) in the student's Pyro objective: the closed form, the scales
+of the likelihood and of the term's site, transfer batches, and a weight schedule that resumes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.distributions as td
+from pyro import poutine
+from torch import nn
+
+import bayesdistill as bd
+from _distill_helpers import PlateSpy, bnn_teacher
+from _helpers import tiny_mlp, toy_classification
+from bayesdistill.distill import KD, PKT, DistillObjective
+
+
+def test_kd_log_factor_is_the_hinton_closed_form():
+    g = torch.Generator().manual_seed(0)
+    zs, zt = 3 * torch.randn(5, 4, generator=g), 3 * torch.randn(5, 4, generator=g)
+    temp = 2.5
+    kd = KD(nn.Identity(), temperature=temp, weight=0.3)
+    lf = kd.log_factor(zs, {}, zt, {})
+    ref = -(temp**2) * td.kl_divergence(td.Categorical(logits=zt / temp), td.Categorical(logits=zs / temp))
+    assert lf.shape == (5,)
+    torch.testing.assert_close(lf, ref, rtol=1e-5, atol=1e-6)
+    # the formula written with explicit probabilities
+    p_t, p_s = torch.softmax(zt / temp, -1), torch.softmax(zs / temp, -1)
+    by_hand = -(temp**2) * (p_t * (p_t.log() - p_s.log())).sum(-1)
+    torch.testing.assert_close(lf, by_hand, rtol=1e-5, atol=1e-6)
+    assert (lf < 0).all()
+    assert torch.equal(kd.log_factor(zt, {}, zt, {}), torch.zeros(5))
+    # the temperature matters: T = 1 gives a different value
+    assert not torch.allclose(KD(nn.Identity(), temperature=1.0).log_factor(zs, {}, zt, {}), lf)
+    with pytest.raises(ValueError, match="same shape"):
+        kd.log_factor(zs, {}, zt[:, :3], {})
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        KD(nn.Identity(), weight=1.5)
+    with pytest.raises(ValueError, match="temperature"):
+        KD(nn.Identity(), temperature=0.0)
+    assert kd.name == "kd" and KD(nn.Identity(), name="soft").name == "soft"
+
+
+@pytest.mark.parametrize("a", [0.25, 0.9])
+def test_kd_weight_scales_likelihood_and_factor_sites(a):
+    n, b, temp = 64, 8, 3.0
+    x, y = toy_classification(b)
+    teacher = tiny_mlp(hidden=8, seed=1)
+    student = bd.BNN(tiny_mlp(seed=2), dataset_size=n)
+    kd = KD(teacher, temperature=temp, weight=a)
+    assert kd.likelihood_weight == pytest.approx(1 - a)
+    obj = DistillObjective(student, [kd])
+    assert obj.likelihood_weight == pytest.approx(1 - a)
+    trace = poutine.trace(obj.model).get_trace(x, y)
+    trace.compute_log_prob()
+    assert trace.nodes["obs"]["scale"] == pytest.approx((1 - a) * n / b)
+    site = trace.nodes["distill.kd"]
+    assert site["scale"] == pytest.approx(n / b)
+    s_out = trace.nodes["_RETURN"]["value"]
+    t_out = teacher(x).detach()
+    ref = -(temp**2) * td.kl_divergence(td.Categorical(logits=t_out / temp), td.Categorical(logits=s_out / temp))
+    assert float(site["log_prob_sum"]) == pytest.approx(a * float(ref.sum()) * n / b, rel=1e-5)
+    # the observed likelihood is (1 - a) N/B times the batch log-likelihood
+    ll = td.Categorical(logits=s_out).log_prob(y).sum()
+    assert float(trace.nodes["obs"]["log_prob_sum"]) == pytest.approx((1 - a) * n / b * float(ll), rel=1e-5)
+    # KD's reported loss is the batch mean of -log_factor (before the weight), its only metric
+    metrics = obj.step_metrics()
+    assert set(metrics) == {"distill/kd/loss"}
+    assert float(metrics["distill/kd/loss"]) == pytest.approx(-float(ref.mean()), rel=1e-5)
+
+
+def test_without_kd_the_likelihood_is_not_rescaled():
+    n, b = 64, 8
+    x, y = toy_classification(b)
+    student = bd.BNN(tiny_mlp(seed=2), dataset_size=n)
+    obj = DistillObjective(student, [PKT(tiny_mlp(hidden=8, seed=1), {"1": "1"})])
+    trace = poutine.trace(obj.model).get_trace(x, y)
+    assert obj.likelihood_weight == 1.0 and trace.nodes["obs"]["scale"] == pytest.approx(n / b)
+
+
+# ----------------------------------------------------------------------------- transfer batches
+def test_transfer_batch_has_no_likelihood_and_its_own_plate_size():
+    n, n_t, b = 64, 40, 8
+    x, y = toy_classification(b)
+    g = torch.Generator().manual_seed(9)
+    xt = torch.randn(b, 4, generator=g)
+    student = bd.BNN(tiny_mlp(seed=2), dataset_size=n)
+    obj = DistillObjective(student, [KD(tiny_mlp(hidden=8, seed=1), weight=0.5)])
+    trace = poutine.trace(obj.model).get_trace(xt, None, n_t)
+    assert "obs" not in trace.nodes
+    assert trace.nodes["distill"]["fn"].size == n_t
+    assert trace.nodes["distill.kd"]["scale"] == pytest.approx(n_t / b)
+    # a labelled batch sees the labelled set's size
+    trace_l = poutine.trace(obj.model).get_trace(x, y)
+    assert "obs" in trace_l.nodes and trace_l.nodes["distill"]["fn"].size == n
+
+
+def test_fit_with_transfer_uses_the_transfer_set_size():
+    n, n_t, b = 32, 40, 8
+    x, y = toy_classification(n)
+    xt = torch.randn(n_t, 4, generator=torch.Generator().manual_seed(9))
+    student = bd.BNN(tiny_mlp(seed=2), dataset_size=n)
+    spy = PlateSpy()
+    with spy:
+        result = bd.fit(student, (x, y), epochs=2, batch_size=b, lr=0.01, seed=1, progress=False,
+                        distill=[KD(tiny_mlp(hidden=8, seed=1), weight=0.5)], transfer=xt)
+    steps = 2 * (n // b)
+    assert sorted(set(spy.sizes)) == [(n, b), (n_t, b)]
+    assert spy.sizes.count((n_t, b)) == spy.sizes.count((n, b)) == steps
+    assert spy.obs_seen == steps  # the likelihood only on labelled batches
+    assert all(math.isfinite(r["distill/kd/loss"]) and math.isfinite(r["elbo"]) for r in result.history)
+    # term columns average over every call (labelled and transfer batches): with a student that
+    # practically does not move (tiny lr, tiny posterior scale) the KD column is the mean of the
+    # KD losses over the labelled set and over the transfer set (one full pass of each per epoch)
+    teacher = tiny_mlp(hidden=8, seed=1)
+    still = bd.BNN(tiny_mlp(seed=2), dataset_size=n, init_scale=1e-7)
+    xt32 = xt[:32]
+    r = bd.fit(still, (x, y), epochs=1, batch_size=b, lr=1e-10, seed=1, progress=False,
+               distill=[KD(teacher, temperature=4.0, weight=0.5)], transfer=xt32)
+    with torch.no_grad():
+        def kd_loss(inp):
+            zs, zt = still(inp), teacher(inp)
+            return (16.0 * td.kl_divergence(td.Categorical(logits=zt / 4), td.Categorical(logits=zs / 4))).mean()
+
+        expected = 0.5 * (float(kd_loss(x)) + float(kd_loss(xt32)))
+    assert r.history[0]["distill/kd/loss"] == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="transfer="):
+        bd.fit(bd.BNN(tiny_mlp(seed=2), dataset_size=n), (x, y), epochs=1, progress=False, transfer=xt)
+
+
+def test_transfer_batches_do_not_count_the_kl_again():
+    x, y = toy_classification(32)
+    teacher = bnn_teacher(seed=1, hidden=6)
+    student = bd.BNN(tiny_mlp(seed=2), dataset_size=32)
+    xt = torch.randn(64, x.shape[1])
+    # a vanishing learning rate keeps q fixed, so the epoch-end KL is the KL of every step
+    result = bd.fit(student, (x, y), epochs=1, batch_size=16, lr=1e-12, kl_weight=0.5,
+                    progress=False, distill=[KD(teacher)], transfer=xt)
+    row = result.history[-1]
+    torch.testing.assert_close(row["loss"] - row["nll"], 0.5 * row["kl"], rtol=1e-4, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- a weight schedule
+def test_term_weights_changed_by_a_callback_resume_exactly(tmp_path):
+    """A term's weight is extra state: a schedule applied by a callback is checkpointed, and a
+    resumed run continues from the scheduled weight, not the constructor's."""
+    x, y = toy_classification(32)
+    teacher = bnn_teacher()
+
+    def run(epochs, **extra):
+        student = bd.BNN(tiny_mlp(seed=2), dataset_size=32)
+        kd = KD(teacher, weight=0.8)
+        halve = lambda record, bnn: setattr(kd, "weight", kd.weight / 2)  # noqa: E731
+        bd.fit(student, (x, y), epochs=epochs, distill=[kd], callbacks=[halve], batch_size=8, lr=0.01,
+               seed=7, progress=False, **extra)
+        return student, kd
+
+    kd = KD(teacher, weight=0.3)
+    assert kd.state_dict()["_extra_state"] == {"weight": 0.3}
+    obj = DistillObjective(bd.BNN(tiny_mlp(seed=2), dataset_size=32), [kd])
+    kd.weight = 0.6  # the likelihood's 1 - a follows a changed weight
+    assert kd.likelihood_weight == obj.likelihood_weight == pytest.approx(0.4)
+    straight, kd_straight = run(4)
+    run(2, checkpoint_dir=tmp_path)
+    resumed, kd_resumed = run(4, checkpoint_dir=tmp_path, resume=True, extend=True)
+    assert kd_resumed.weight == kd_straight.weight == pytest.approx(0.8 / 16)
+    assert torch.equal(resumed.loc, straight.loc) and torch.equal(resumed.rho, straight.rho)
