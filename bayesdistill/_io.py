@@ -5,11 +5,12 @@ from __future__ import annotations
 import glob
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Union
 
-__all__ = ["atomic_write", "remove_stale_temporaries"]
+__all__ = ["atomic_write", "remove_stale_temporaries", "read_torch_file"]
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[IO[Any]], None], *, binary: bool = True) -> Path:
@@ -51,4 +52,32 @@ def remove_stale_temporaries(path: Union[str, os.PathLike]) -> list[Path]:
             except FileNotFoundError:  # another process cleaned it up first
                 pass
     return removed
+
+
+def read_torch_file(path: Union[str, os.PathLike], what: str, error: type = None) -> Any:
+    """``torch.load(path, weights_only=True)`` (no code from the file runs), with one clear error.
+
+    Raises ``FileNotFoundError`` for a missing file and ``error`` (default
+    :class:`~bayesdistill.errors.FileFormatError`) naming ``what`` was expected for a file that
+    cannot be read (truncated, random bytes, a pickle of arbitrary objects, a folder).
+    """
+    import torch
+
+    from .errors import FileFormatError
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} file at {str(path)!r}")
+    if path.is_dir():
+        raise (error or FileFormatError)(f"{str(path)!r} is a folder, not a {what} file")
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol is reported by the error below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for damaged zip/pickle data
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise (error or FileFormatError)(
+            f"{str(path)!r} could not be read as a {what} ({type(err).__name__}: {first[:200]}); it may be "
+            "truncated, or not a file bayesdistill wrote"
+        ) from err
 

@@ -12,6 +12,7 @@ __all__ = [
     "UnsupportedLayerError",
     "ShapeMismatchError",
     "DataError",
+    "FileFormatError",
     "PosteriorFormatError",
     "PosteriorMismatchError",
     "NonFiniteLossError",
@@ -36,7 +37,12 @@ class DataError(BayesDistillError, ValueError):
     """Training or evaluation data that do not fit the likelihood (shape, dtype, range, NaN)."""
 
 
-class PosteriorFormatError(BayesDistillError, ValueError):
+class FileFormatError(BayesDistillError, ValueError):
+    """A file of this package (posterior, checkpoint, alignment plan, model) that is unreadable,
+    truncated, of another kind or of an unknown format version."""
+
+
+class PosteriorFormatError(FileFormatError):
     """A posterior (or checkpoint) file that is unreadable, corrupt or of an unknown format
     version, or a posterior whose values are invalid (non-finite means, scales not > 0)."""
 

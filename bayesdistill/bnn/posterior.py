@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._io import atomic_write
+from .._io import atomic_write, read_torch_file
 from ..errors import PosteriorFormatError, PosteriorMismatchError
 
 __all__ = ["MeanFieldPosterior", "ParamInfo", "atomic_save"]
@@ -244,17 +244,7 @@ class MeanFieldPosterior(Mapping[str, tuple[Tensor, Tensor]]):
             FileNotFoundError: no file at ``path``.
             PosteriorFormatError: the file is corrupt, truncated or not a posterior.
         """
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no posterior file at {str(path)!r}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many types for damaged zip/pickle data
-            raise PosteriorFormatError(
-                f"{str(path)!r} could not be read as a posterior file ({type(err).__name__}: "
-                f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
-                "it may be truncated or not a file written by MeanFieldPosterior.save"
-            ) from err
+        state = read_torch_file(path, "posterior", PosteriorFormatError)
         return cls.from_state(state, map_location=map_location, source=repr(str(path)))
 
 

@@ -140,6 +140,11 @@ class Batches:
         if torch.is_tensor(data):
             data = (data,)
         if isinstance(data, (tuple, list)) and data and all(torch.is_tensor(t) for t in data):
+            if any(t.dim() == 0 for t in data):
+                raise DataError(
+                    f"{what}: tensors need a batch dimension (examples first); got shapes "
+                    f"{[tuple(t.shape) for t in data]}"
+                )
             if len({t.shape[:1] for t in data}) > 1:  # TensorDataset would raise a bare AssertionError
                 raise DataError(
                     f"{what}: inputs and targets differ in length: the tensors have shapes "

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
-from .._io import atomic_write, remove_stale_temporaries
+from .._io import atomic_write, read_torch_file, remove_stale_temporaries
 from ..errors import PosteriorFormatError, ResumeMismatchError, RunExistsError
 from .callbacks import Callback, LRSchedule
 
@@ -49,13 +49,11 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") ->
     """Read a checkpoint written by :class:`Checkpoint` (``weights_only``: no code runs)."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for damaged zip/pickle data
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise PosteriorFormatError(
-            f"{str(path)!r} could not be read as a checkpoint ({type(err).__name__}: {first}); it may be "
-            "truncated or not a bayesdistill checkpoint: start a fresh run (overwrite=True, CLI --overwrite)"
-        ) from err
+        state = read_torch_file(path, "checkpoint", PosteriorFormatError)
+    except PosteriorFormatError as err:
+        raise PosteriorFormatError(f"{err}: start a fresh run (overwrite=True, CLI --overwrite)") from err
+    if map_location is not None and str(map_location) != "cpu":
+        state = _to_device(state, map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise PosteriorFormatError(f"{str(path)!r} is not a bayesdistill checkpoint")
     if state.get("version") != CHECKPOINT_VERSION:
@@ -64,6 +62,19 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") ->
             f"resumes version {CHECKPOINT_VERSION}. Start a fresh run (overwrite=True, CLI --overwrite)"
         )
     return state
+
+
+def _to_device(value: Any, device: Any) -> Any:
+    """Tensors of a loaded state on ``device``, except RNG states, which stay CPU byte tensors."""
+    if torch.is_tensor(value):
+        return value if value.dtype == torch.uint8 else value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_to_device(v, device) for v in value)
+    return value
 
 
 class Checkpoint(Callback):

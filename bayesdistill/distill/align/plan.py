@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from ...bnn.posterior import MeanFieldPosterior, atomic_save
-from ...errors import ShapeMismatchError
+from ..._io import atomic_write, read_torch_file
+from ...errors import FileFormatError, ShapeMismatchError
 from .chain import Chain, Layer
 from .editor import PosteriorEditor
 
@@ -327,10 +328,10 @@ class AlignmentPlan:
     def from_state(cls, state: dict[str, Any]) -> "AlignmentPlan":
         """A plan from :meth:`state` (format version 2) or a version-1 plan's state."""
         if not isinstance(state, dict) or state.get("format") != PLAN_FORMAT:
-            raise ValueError("not an alignment plan (missing format tag)")
+            raise FileFormatError("not an alignment plan (missing format tag)")
         version = state.get("version")
         if version not in _READABLE_VERSIONS:
-            raise ValueError(
+            raise FileFormatError(
                 f"alignment plan format version {version!r} is not supported (this bayesdistill reads "
                 f"versions {', '.join(map(str, _READABLE_VERSIONS))}); rebuild the plan with bd.align"
             )
@@ -356,14 +357,22 @@ class AlignmentPlan:
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "AlignmentPlan":
-        return cls.from_state(torch.load(path, map_location="cpu", weights_only=True))
+        """Read a plan written by :meth:`save` (``weights_only``: no code from the file runs);
+        :class:`~bayesdistill.errors.FileFormatError` for a damaged or foreign file."""
+        state = read_torch_file(path, "alignment plan")
+        try:
+            return cls.from_state(state)
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
+            if isinstance(err, FileFormatError):
+                raise
+            raise FileFormatError(f"{str(path)!r} is not a readable alignment plan ({err})") from err
 
     def to_json(self, path: Union[str, Path, None] = None) -> str:
         """The inspectable part (layers, settings, shapes, mapping) as JSON; written to ``path`` if given."""
         data = {k: v for k, v in self.state().items() if k not in ("edits", "aligned", "geometry", "source")}
         text = json.dumps(data, indent=2)
         if path is not None:
-            Path(path).write_text(text)
+            atomic_write(path, lambda fh: fh.write(text), binary=False)
         return text
 
 
