@@ -38,7 +38,8 @@ from ..distill import AlignmentPlan, align, aligned_network, check_alignable, pr
 from ..distill.terms.registry import TERMS, available_terms, term_options, terms_from_options
 from ..errors import ShapeMismatchError, UnsupportedLayerError
 from ..infer import FitResult, evaluate, fit
-from .factories import architecture_kwargs, build_model, check_dataset_name, check_model_name, load_dataset
+from .factories import (architecture_kwargs, build_model, check_dataset_name, check_model_name, is_import_path,
+                        load_dataset)
 from .model_file import MODEL_FILE_NAME, POSTERIOR_FILE_NAME, ModelFile, save_model
 from .progress import Stages
 from .recipes import PRIOR_METHOD, PRUNING_PLOT_FRACTIONS, PRUNING_PLOT_MAX_PROBE, DistillRecipe, RunSettings
@@ -205,7 +206,7 @@ def _prepare(teacher: Any, student: str, methods: Sequence[str], dataset: Option
     torch.manual_seed(run.seed)  # the student network's initialization (both students share it)
     net = build_model(student, data.input_shape, data.output_dim, kwargs, allow_imports=run.allow_imports,
                       what="student")
-    s = _Setup(device, teacher_bnn, mf, str(teacher), data, name if ":" in name else data.name, methods, student,
+    s = _Setup(device, teacher_bnn, mf, str(teacher), data, name if is_import_path(name) else data.name, methods, student,
                kwargs, net, None, transfer)
     if any(TERMS[m].pairs for m in s.fs_methods):
         s.pairs = dict(pairs) if pairs else default_pairs(teacher_bnn.net, net)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
 from ..infer import evaluate
-from .factories import AllowImports, load_dataset
+from .factories import AllowImports, is_import_path, load_dataset
 from .model_file import read_model_file
 from .results import Result
 from .runs import environment, resolve_device, torch_threads
@@ -47,5 +47,5 @@ def evaluate_model(path: Union[str, os.PathLike], *, dataset: Optional[str] = No
         check_fits(mf, data)
         seed = mf.seed if seed is None else int(seed)
         scores = evaluate(bnn, data.test, num_samples=num_samples, seed=seed)
-        return EvaluationResult(str(path), name if ":" in name else data.name, mf.architecture.model, seed, scores,
+        return EvaluationResult(str(path), name if is_import_path(name) else data.name, mf.architecture.model, seed, scores,
                                 environment(dev))

@@ -28,7 +28,8 @@ from .._version import __version__
 from ..bnn import BNN, priors
 from ..diagnostics import calibration, plots
 from ..infer import FitResult, evaluate, fit
-from .factories import architecture_kwargs, build_model, check_dataset_name, check_model_name, load_dataset
+from .factories import (architecture_kwargs, build_model, check_dataset_name, check_model_name, is_import_path,
+                        load_dataset)
 from .model_file import MODEL_FILE_NAME, POSTERIOR_FILE_NAME, save_model
 from .progress import Stages
 from .recipes import RunSettings, TeacherRecipe
@@ -93,7 +94,7 @@ def _prepare(recipe: TeacherRecipe, dataset: str, model: str, model_kwargs: Opti
     net = build_model(model, data.input_shape, data.output_dim, kwargs, allow_imports=run.allow_imports)
     bnn = BNN(net, prior=priors.Normal(scale=recipe.prior_scale), likelihood=likelihood_for(data.task),
               dataset_size=len(data.train))
-    return _Teacher(device, data, dataset if ":" in dataset else data.name, bnn, kwargs)
+    return _Teacher(device, data, dataset if is_import_path(dataset) else data.name, bnn, kwargs)
 
 
 def _config(recipe: TeacherRecipe, t: _Teacher, model: str, hidden: Any, train_fraction: float, local_reparam: Any,
