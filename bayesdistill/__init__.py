@@ -7,6 +7,8 @@
     result = bd.fit(teacher, data.train, epochs=30)
     bd.evaluate(teacher, data.test)
     teacher.posterior().save("teacher.pt")
+    bd.save_model(teacher, "teacher-model.pt", model="cnn", input_shape=data.input_shape, output_dim=10)
+    teacher = bd.load_model("teacher-model.pt")          # a ready BNN
 """
 
 from . import datasets, diagnostics, distill, errors, models
@@ -33,8 +35,9 @@ from . import infer
 from .infer import FitResult, MeanFieldELBO, SVIEngine, evaluate, fit, predict
 from .infer import callbacks
 from .diagnostics import plots
-
-__version__ = "0.1.0"
+from . import experiments
+from .experiments import load_model, save_model
+from ._version import __version__
 
 __all__ = [
     "BNN",
@@ -58,6 +61,9 @@ __all__ = [
     "datasets",
     "diagnostics",
     "plots",
+    "experiments",
+    "save_model",
+    "load_model",
     "models",
     "errors",
     "DataError",

@@ -10,9 +10,9 @@ Usage::
 Per seed s:
 
 * **Teacher**: a Bayesian ``cnn-deep`` (``bd.models.build("cnn-deep", (40,), 10)``: four Conv1d
-  with 32 channels, ``Linear(320, 10)``) on all 4000 training examples with the CLI recipe
-  ``TEACHER_DEFAULTS`` (prior ``Normal(0, 1)``, 100 epochs, Adam lr 3e-3, cosine, batch 128,
-  ``kl_weight=0.5``). Posteriors are read from (or written to) ``--teacher-cache``; the first
+  with 32 channels, ``Linear(320, 10)``) on all 4000 training examples with the command line's
+  recipe ``bayesdistill.experiments.TeacherRecipe`` (prior ``Normal(0, 1)``, 100 epochs, Adam lr
+  3e-3, cosine, batch 128, ``kl_weight=0.5``). Posteriors are read from (or written to) ``--teacher-cache``; the first
   directory holding ``teacher_cnn-deep_seed<s>_ep<epochs>.pt`` wins (``distill_mnist1d.py``
   writes the same files with the same recipe).
 * **A. CNN teacher -> Bayesian MLP** (``bd.models.build("mlp", (40,), 10)``, 40-256-256-10;
@@ -65,7 +65,9 @@ from typing import Any, Optional
 import torch
 
 import bayesdistill as bd
-from bayesdistill.cli import TEACHER_DEFAULTS
+from bayesdistill.experiments import TeacherRecipe
+
+TEACHER = TeacherRecipe()  # the command line's teacher recipe (bayesdistill.experiments.recipes)
 from bayesdistill.distill import KD, VID, FeatureTaps
 from _common import RESULTS_DIR, bar_text, machine_info, save_figure, table, write_json
 
@@ -126,7 +128,7 @@ def load_teacher(seed: int, cfg: argparse.Namespace, full) -> bd.BNN:
     net = bd.models.build("cnn-deep", full.input_shape, full.num_classes)
     path = teacher_path(seed, cfg.teacher_epochs, cfg.teacher_cache)
     q = bd.MeanFieldPosterior.load(path)
-    return bd.BNN(net, prior=bd.priors.Normal(scale=TEACHER_DEFAULTS["prior_scale"]), dataset_size=len(full.train),
+    return bd.BNN(net, prior=bd.priors.Normal(scale=TEACHER.prior_scale), dataset_size=len(full.train),
                   init=q)
 
 
@@ -138,12 +140,12 @@ def prepare_seed(seed: int, cfg: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     path = teacher_path(seed, cfg.teacher_epochs, cfg.teacher_cache)
     if path is None:
-        d = TEACHER_DEFAULTS
+        d = TEACHER
         torch.manual_seed(seed)
         net = bd.models.build("cnn-deep", full.input_shape, full.num_classes)
-        teacher = bd.BNN(net, prior=bd.priors.Normal(scale=d["prior_scale"]), dataset_size=len(full.train))
-        bd.fit(teacher, full.train, epochs=cfg.teacher_epochs, lr=d["lr"], lr_schedule=d["lr_schedule"],
-               batch_size=d["batch_size"], kl_weight=d["kl_weight"], seed=seed, progress=False)
+        teacher = bd.BNN(net, prior=bd.priors.Normal(scale=d.prior_scale), dataset_size=len(full.train))
+        bd.fit(teacher, full.train, epochs=cfg.teacher_epochs, lr=d.lr, lr_schedule=d.lr_schedule,
+               batch_size=d.batch_size, kl_weight=d.kl_weight, seed=seed, progress=False)
         path = Path(cfg.teacher_cache[-1]) / f"teacher_cnn-deep_seed{seed}_ep{cfg.teacher_epochs}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         teacher.posterior().save(path)
@@ -506,7 +508,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--variants-b", nargs="*", default=list(VARIANTS_B), choices=list(VARIANTS_B), metavar="V")
     p.add_argument("--epochs", type=int, default=100, help="student epochs (A)")
     p.add_argument("--cnn-epochs", type=int, default=100, help="student epochs (B)")
-    p.add_argument("--teacher-epochs", type=int, default=TEACHER_DEFAULTS["epochs"])
+    p.add_argument("--teacher-epochs", type=int, default=TEACHER.epochs)
     p.add_argument("--teacher-cache", nargs="+", default=[str(c) for c in TEACHER_CACHES],
                    help="directories searched for teacher posteriors; a newly trained one goes to the last")
     p.add_argument("--lr", type=float, default=3e-3)

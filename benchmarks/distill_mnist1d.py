@@ -9,8 +9,8 @@ Usage::
 Per seed:
 
 * Teacher: ``bd.models.build("cnn-deep", ...)`` (4 convs, 32 channels) on all 4000 training
-  examples with the CLI's ``TEACHER_DEFAULTS`` recipe (100 epochs, Adam lr 3e-3, cosine, batch
-  128, prior ``Normal(0, 1)``, kl_weight 0.5). Posteriors are cached in ``--cache``.
+  examples with the command line's teacher recipe, ``bayesdistill.experiments.TeacherRecipe``
+  (100 epochs, Adam lr 3e-3, cosine, batch 128, prior ``Normal(0, 1)``, kl_weight 0.5). Posteriors are cached in ``--cache``.
 * Alignment: ``bd.align(teacher, cnn-small, criterion=..., probe=<the teacher's 4000 training
   inputs>, max_probe=4000)`` for criteria snr/data/random with compensation (re-fit of the next
   layer's means on the probe data, removal="refit") and without (removal="permutation", nothing
@@ -47,7 +47,9 @@ from typing import Any, Optional
 import torch
 
 import bayesdistill as bd
-from bayesdistill.cli import TEACHER_DEFAULTS
+from bayesdistill.experiments import TeacherRecipe
+
+TEACHER = TeacherRecipe()  # the command line's teacher recipe (bayesdistill.experiments.recipes)
 from _common import RESULTS_DIR, bar_text, machine_info, save_figure, table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,22 +103,22 @@ def metrics(bnn: bd.BNN, test, samples: int, seed: int) -> dict[str, float]:
 
 
 def teacher_for(seed: int, full: bd.datasets.DatasetBundle, cfg: argparse.Namespace) -> tuple[bd.BNN, dict]:
-    d = TEACHER_DEFAULTS
+    d = TEACHER
     epochs = cfg.teacher_epochs
     net = build("cnn-deep", full, seed)
     cache = Path(cfg.cache) / f"teacher_cnn-deep_seed{seed}_ep{epochs}.pt" if cfg.cache else None
-    info: dict[str, Any] = {"epochs": epochs, "lr": d["lr"], "batch_size": d["batch_size"],
-                            "kl_weight": d["kl_weight"], "prior_scale": d["prior_scale"]}
+    info: dict[str, Any] = {"epochs": epochs, "lr": d.lr, "batch_size": d.batch_size,
+                            "kl_weight": d.kl_weight, "prior_scale": d.prior_scale}
     if cache is not None and cache.exists():
         q = bd.MeanFieldPosterior.load(cache)
-        teacher = bd.BNN(net, prior=bd.priors.Normal(scale=d["prior_scale"]), dataset_size=len(full.train), init=q)
+        teacher = bd.BNN(net, prior=bd.priors.Normal(scale=d.prior_scale), dataset_size=len(full.train), init=q)
         info["cached"] = str(cache)
         info["fit_s"] = q.metadata.get("fit_s")
         return teacher, info
-    teacher = bd.BNN(net, prior=bd.priors.Normal(scale=d["prior_scale"]), dataset_size=len(full.train))
+    teacher = bd.BNN(net, prior=bd.priors.Normal(scale=d.prior_scale), dataset_size=len(full.train))
     t0 = time.perf_counter()
-    bd.fit(teacher, full.train, epochs=epochs, lr=d["lr"], lr_schedule=d["lr_schedule"], batch_size=d["batch_size"],
-           kl_weight=d["kl_weight"], seed=seed, progress=False)
+    bd.fit(teacher, full.train, epochs=epochs, lr=d.lr, lr_schedule=d.lr_schedule, batch_size=d.batch_size,
+           kl_weight=d.kl_weight, seed=seed, progress=False)
     info["fit_s"] = time.perf_counter() - t0
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -391,7 +393,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--json", default=str(RESULTS_DIR / "distill_mnist1d.json"), help="where to write the results")
     p.add_argument("--workers", type=int, default=1, help="seeds run in this many processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    p.add_argument("--teacher-epochs", type=int, default=TEACHER_DEFAULTS["epochs"])
+    p.add_argument("--teacher-epochs", type=int, default=TEACHER.epochs)
     p.add_argument("--small-fraction", type=float, default=0.1)
     p.add_argument("--small-epochs", type=int, default=150)
     p.add_argument("--small-batch", type=int, default=64)

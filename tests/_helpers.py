@@ -118,3 +118,62 @@ def one_line_error(capsys, *needles: str) -> str:
     for needle in needles:
         assert needle in err, err
     return err
+
+
+FACTORY_MODULE = '''"""A user's own model and data: factories named by import path in the tests."""
+import pathlib
+
+import torch
+from torch import nn
+
+# importing this module leaves a trace: the tests check it is absent when the import was refused
+pathlib.Path(__file__).with_name("imported.marker").write_text("imported")
+
+
+def tiny(input_shape, output_dim, hidden=8):
+    n = 1
+    for d in input_shape:
+        n *= int(d)
+    return nn.Sequential(nn.Flatten(), nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, output_dim))
+
+
+class _Data:
+    pass
+
+
+def data(n=96, seed=0):
+    """A DatasetBundle-like object: two classes on 6 features, (inputs, targets) pairs."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    d = _Data()
+    d.task, d.input_shape, d.output_dim = "classification", (6,), 2
+    d.train, d.test = (x[: n * 3 // 4], y[: n * 3 // 4]), (x[n * 3 // 4:], y[n * 3 // 4:])
+    return d
+
+
+def bn_tiny(input_shape, output_dim, hidden=8):
+    """With a BatchNorm1d (its running statistics are point estimates) and a deterministic LayerNorm."""
+    return nn.Sequential(nn.Linear(int(input_shape[0]), hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                         nn.LayerNorm(hidden), nn.Linear(hidden, output_dim))
+
+
+def not_a_model(input_shape, output_dim):
+    return "a string"
+
+
+NOT_CALLABLE = 3
+'''
+
+
+def write_factory_package(root, name: str):
+    """A package ``name`` under ``root`` with the module ``name.nets`` (:data:`FACTORY_MODULE`):
+    ``name.nets:tiny`` (a model factory), ``name.nets:data`` (a data-set factory). Returns the
+    marker file that importing the module writes. Put ``root`` on ``sys.path`` to use it."""
+    from pathlib import Path
+
+    pkg = Path(root) / name
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(FACTORY_MODULE)
+    return pkg / "imported.marker"

@@ -35,3 +35,20 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _isolated_cache(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Datasets are generated into the temporary cache, never the user's real one."""
     monkeypatch.setenv("BAYESDISTILL_CACHE", str(cache_dir))
+
+
+@pytest.fixture(scope="session")
+def quick_demo(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One ``bayesdistill demo --quick`` for the suite (the CLI test and the report's test read it):
+    its folder and what it printed."""
+    import contextlib
+    import io
+
+    from bayesdistill.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    buf = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(buf):
+        mp.setenv("BAYESDISTILL_CACHE", str(cache_dir))
+        assert main(["demo", "--quick", "--quiet", "--out", str(out)]) == 0
+    return out, buf.getvalue()

@@ -202,23 +202,11 @@ class BNN(nn.Module):
         self._sites: list[_Site] = sites
         self._numels = [s.numel for s in sites]
         self.param_info: dict[str, ParamInfo] = info
-        shapes = {s.name: s.shape for s in sites}
 
         # prior -> flat buffers (device-safe: they move with .to())
-        p_locs, p_scales = self.prior.materialize(shapes)
-        ploc, pscale = [], []
-        for s in sites:
-            for what, table, out in (("loc", p_locs, ploc), ("scale", p_scales, pscale)):
-                t = torch.as_tensor(table[s.name], dtype=inits[s.name].dtype)
-                try:
-                    out.append(t.expand(s.shape).reshape(-1))
-                except RuntimeError:
-                    raise ShapeMismatchError(
-                        f"prior {what} for parameter {s.name!r} has shape {tuple(t.shape)}, which "
-                        f"does not broadcast to the parameter's shape {tuple(s.shape)}"
-                    ) from None
-        self.register_buffer("prior_loc", torch.cat(ploc).detach().clone())
-        self.register_buffer("prior_scale", torch.cat(pscale).detach().clone())
+        ploc, pscale = self._prior_tensors(sites, inits)
+        self.register_buffer("prior_loc", ploc)
+        self.register_buffer("prior_scale", pscale)
         if not (self.prior_scale > 0).all():
             raise ValueError("prior scales must be > 0")
 
@@ -227,18 +215,7 @@ class BNN(nn.Module):
             from .priors import TeacherPosterior
 
             init = "prior-mean" if isinstance(self.prior, TeacherPosterior) else "module"
-        if isinstance(init, MeanFieldPosterior):
-            init.check_compatible(shapes, "BNN")
-            loc0 = torch.cat([init.locs[s.name].detach().reshape(-1).cpu() for s in sites])
-            scale0 = torch.cat([init.scales[s.name].detach().reshape(-1).cpu() for s in sites])
-        elif init == "module":
-            loc0 = torch.cat([inits[s.name].reshape(-1) for s in sites])
-            scale0 = torch.full_like(loc0, float(init_scale))
-        elif init == "prior-mean":
-            loc0 = self.prior_loc.clone()
-            scale0 = torch.full_like(loc0, float(init_scale))
-        else:
-            raise ValueError(f"init must be 'auto', 'module', 'prior-mean' or a MeanFieldPosterior, got {init!r}")
+        loc0, scale0 = self._initial_posterior(init, sites, inits, init_scale)
         self.loc = nn.Parameter(loc0.to(self.prior_loc.device).clone())
         self.rho = nn.Parameter(_softplus_inv(scale0.to(self.prior_loc.device).clone()))
         # empirical Bayes: one learnable log-multiplier of the prior scale per parameter tensor
@@ -254,6 +231,39 @@ class BNN(nn.Module):
             s.module._buffers[s.attr] = None
 
     # ------------------------------------------------------------------ construction
+    def _prior_tensors(self, sites: list["_Site"], inits: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The prior's flat ``(loc, scale)`` over all sites, broadcast to each parameter's shape."""
+        p_locs, p_scales = self.prior.materialize({s.name: s.shape for s in sites})
+        ploc, pscale = [], []
+        for s in sites:
+            for what, table, out in (("loc", p_locs, ploc), ("scale", p_scales, pscale)):
+                t = torch.as_tensor(table[s.name], dtype=inits[s.name].dtype)
+                try:
+                    out.append(t.expand(s.shape).reshape(-1))
+                except RuntimeError:
+                    raise ShapeMismatchError(
+                        f"prior {what} for parameter {s.name!r} has shape {tuple(t.shape)}, which "
+                        f"does not broadcast to the parameter's shape {tuple(s.shape)}"
+                    ) from None
+        return torch.cat(ploc).detach().clone(), torch.cat(pscale).detach().clone()
+
+    def _initial_posterior(self, init: Union[str, MeanFieldPosterior], sites: list["_Site"],
+                           inits: dict[str, Tensor], init_scale: float) -> tuple[Tensor, Tensor]:
+        """The flat initial means and scales of q(w) for ``init`` (``"auto"`` already resolved)."""
+        if isinstance(init, MeanFieldPosterior):
+            init.check_compatible({s.name: s.shape for s in sites}, "BNN")
+            loc0 = torch.cat([init.locs[s.name].detach().reshape(-1).cpu() for s in sites])
+            scale0 = torch.cat([init.scales[s.name].detach().reshape(-1).cpu() for s in sites])
+        elif init == "module":
+            loc0 = torch.cat([inits[s.name].reshape(-1) for s in sites])
+            scale0 = torch.full_like(loc0, float(init_scale))
+        elif init == "prior-mean":
+            loc0 = self.prior_loc.clone()
+            scale0 = torch.full_like(loc0, float(init_scale))
+        else:
+            raise ValueError(f"init must be 'auto', 'module', 'prior-mean' or a MeanFieldPosterior, got {init!r}")
+        return loc0, scale0
+
     def _convert(self, deterministic: Selector, bayesian_norm: bool):
         sites, info, inits = [], {}, {}
         offset = 0
