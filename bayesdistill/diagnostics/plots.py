@@ -804,6 +804,15 @@ def _named(results: Any, cls: type, fn: str, expected: str, compute: str) -> lis
     return out
 
 
+def _series_color(i: int, n: int) -> Any:
+    """Colour of line i of n: the default cycle up to 10 lines, tab20 beyond (no colour repeats up to 20)."""
+    if n <= 10:
+        return f"C{i}"
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](i % 20)
+
+
 _SCORE_LABELS = {"entropy": "predictive entropy (nats)", "mutual_information": "mutual information (nats)",
                  "max_probability": "max predictive probability"}
 
@@ -895,7 +904,8 @@ def roc(results: Any, score: str = "mutual_information", title: Optional[str] = 
         if score not in r.scores:
             raise KeyError(f"roc(): the result of {name!r} has no score {score!r} (it has {list(r.scores)})")
         fpr, tpr = r[score].roc_curve()
-        ax.plot(fpr.numpy(), tpr.numpy(), color=f"C{i % 10}", label=f"{name} (AUROC {r[score].auroc:.3f})")
+        ax.plot(fpr.numpy(), tpr.numpy(), color=_series_color(i, len(items)),
+                label=f"{name} (AUROC {r[score].auroc:.3f})")
     _roc_axes(ax, title or f"ROC of the {score.replace('_', ' ')}, OOD = positive")
     return fig
 
@@ -922,7 +932,7 @@ def selective(results: Any, title: Optional[str] = None) -> "Figure":
     fig, axes = _new_figure(1, 2, figsize=(11.0, 4.4))
     left, right = axes[0, 0], axes[0, 1]
     for i, (name, r) in enumerate(items):
-        color = f"C{i % 10}"
+        color = _series_color(i, len(items))
         left.plot(r.coverage, r.selective_accuracy, color=color, label=f"{name} (area {r.area_accuracy:.3f})")
         left.axhline(r.accuracy, color=color, ls=":", lw=1)
         right.plot(r.coverage, r.risk, color=color, label=f"{name} (AURC {r.aurc:.3f})")

@@ -92,3 +92,11 @@ def test_the_wrong_result_is_refused(results):
     with pytest.raises(ValueError, match="no results"):
         plots.selective({})
     assert isinstance(results["sel_bnn"], SelectiveResult)
+
+
+def test_many_models_get_distinct_colours(results):
+    r = results["sel_net"]
+    fig = plots.selective({f"m{i}": r for i in range(12)})
+    colours = [tuple(ln.get_color()) if not isinstance(ln.get_color(), str) else ln.get_color()
+               for ln in fig.axes[1].get_lines()]
+    assert len(colours) == 12 and len(set(colours)) == 12
