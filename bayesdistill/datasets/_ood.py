@@ -141,7 +141,8 @@ _MNIST1D: dict[str, _Kind] = {
                                              "phases, which destroys the digit's shape but not its spectrum."),
     "scaled": _Kind(_scaled, "Amplitude shift: each in-distribution test sequence multiplied by {factor:g}, "
                              "far outside the training range (|x| <= {train_max:.2f} in training); the shape is "
-                             "unchanged, so a ReLU network's logits grow {factor:g}-fold."),
+                             "unchanged, so a ReLU network's logits grow about in proportion (exactly so "
+                             "without biases)."),
     "noise": _Kind(_gaussian_noise, "Pure noise: Gaussian sequences with the per-position mean and standard "
                                     "deviation of the training inputs, as many as in-distribution test sequences; "
                                     "no digit at all.", noise=True),
