@@ -15,7 +15,7 @@ test sequences of those digits, and each kind gives the OOD inputs scored agains
 Per seed:
 
 * **Teacher**: ``cnn-deep`` (7 outputs) on all 2796 in-distribution training sequences with the
-  package's teacher recipe (``bayesdistill.cli.TEACHER_DEFAULTS``, copied here so that the
+  package's teacher recipe (the command line's ``TEACHER_DEFAULTS``, copied here so that the
   benchmark does not import the CLI): 100 epochs, Adam lr 3e-3, cosine, batch 128, prior
   ``Normal(0, 1)``, ``kl_weight=0.5``. Cached in ``--cache``.
 * **Students** ``cnn-small`` (7 outputs) on a class-stratified 10% of the in-distribution
@@ -80,7 +80,7 @@ from _common import RESULTS_DIR, machine_info, table, write_json
 ROOT = Path(__file__).resolve().parent.parent
 FIG_DIR = ROOT / "docs" / "figures"
 
-#: the package's teacher recipe (bayesdistill.cli.TEACHER_DEFAULTS), copied: benchmarks use the library only
+#: the package's teacher recipe (the command line's TEACHER_DEFAULTS), copied: benchmarks use the library only
 TEACHER = {"epochs": 100, "lr": 3e-3, "batch_size": 128, "prior_scale": 1.0, "lr_schedule": "cosine",
            "kl_weight": 0.5}
 HELD_OUT = (7, 8, 9)
