@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/uncertainty.py                     # seeds 0 1 2 (about 8 min on one core)
+    python benchmarks/uncertainty.py                     # seeds 0 1 2 (about 10 min on one core)
     python benchmarks/uncertainty.py --workers 2         # seeds in parallel processes
     python benchmarks/uncertainty.py --quick             # smoke run (about a minute)
     python benchmarks/uncertainty.py --from-json benchmarks/results/uncertainty.json   # re-print
