@@ -318,11 +318,11 @@ def draw_figures(objects: dict[str, Any], cfg: argparse.Namespace) -> None:
     sel = {name: o["selective"] for name, o in objects.items()}
     plots.save(plots.selective(sel, title=f"selective prediction on the in-distribution test set (seed "
                                            f"{cfg.seeds[0]}, ranked by max probability)"),
-                FIG_DIR / "uncertainty_selective.png")
+                FIG_DIR / "uncertainty_selective.png", dpi=100)
     if "teacher" in objects and "held-out-classes" in objects["teacher"]["ood"]:
         plots.save(plots.ood(objects["teacher"]["ood"]["held-out-classes"],
                               title="teacher: held-out digits 7-9 vs in-distribution digits 0-6"),
-                    FIG_DIR / "uncertainty_teacher_heldout.png")
+                    FIG_DIR / "uncertainty_teacher_heldout.png", dpi=100)
     from matplotlib.figure import Figure
 
     kinds = [k for k in cfg.kinds if all(k in o["ood"] for o in objects.values())]
@@ -331,7 +331,7 @@ def draw_figures(objects: dict[str, Any], cfg: argparse.Namespace) -> None:
     for ax, kind in zip(axes, kinds):
         plots.roc({name: o["ood"][kind] for name, o in objects.items()}, score="entropy",
                   title=f"{kind}: predictive entropy", ax=ax)
-    plots.save(fig, FIG_DIR / "uncertainty_roc_entropy.png")
+    plots.save(fig, FIG_DIR / "uncertainty_roc_entropy.png", dpi=100)
 
 
 # ---------------------------------------------------------------------------------- reporting
