@@ -535,13 +535,13 @@ def ood_detection(model: Any, in_data: Any, ood_data: Any, *, num_samples: int =
 
     Args:
         model: a trained classifier :class:`~bayesdistill.BNN` (its posterior predictive with
-            ``num_samples`` draws, the same draws for both sets), or an ``nn.Module`` returning
-            logits (a point estimate: S = 1, mutual information 0).
+            ``num_samples`` draws; with a ``seed``, the same draws for both sets), or an
+            ``nn.Module`` returning logits (a point estimate: S = 1, mutual information 0).
         in_data: in-distribution inputs: a tensor, an ``(x, y)`` tuple, a Dataset or a
             DataLoader; labels, if present, give :attr:`OODResult.in_accuracy`.
         ood_data: OOD inputs, in the same forms (labels ignored).
         num_samples: posterior draws S (BNN only).
-        seed: seed of the draws (``None``: fresh draws).
+        seed: seed of the draws (``None``: fresh draws, different for the two sets).
         scores: any of ``"entropy"``, ``"mutual_information"``, ``"max_probability"``.
         name: the model's name in the result (for plots and tables).
         batch_size: inputs per forward pass.
