@@ -19,6 +19,10 @@ Datasets (see :func:`available`):
     Linear-Gaussian regression of Grabovoy & Strijov (2021): 900 train /
     124 test, 10 inputs, ``[N, 1]`` targets; see :func:`synthetic_regression`.
 
+Out-of-distribution sets (:func:`ood`, kinds per data set in :func:`ood_kinds`): an
+:class:`OODSet` holds a trainable in-distribution bundle and OOD inputs (held-out classes,
+transformed test inputs, noise) with a description of what shifts.
+
 The cache directory is ``cache_dir`` if given, else ``$BAYESDISTILL_CACHE``,
 else ``platformdirs.user_cache_dir("bayesdistill")``.
 """
@@ -37,6 +41,7 @@ from ._base import (
 from ._cache import CACHE_ENV_VAR, default_cache_dir
 from ._digits import load_digits
 from ._mnist1d import load_mnist1d, mnist1d_samples
+from ._ood import DEFAULT_HELD_OUT, OODSet, ood, ood_kinds
 from ._synthetic import synthetic_regression
 
 __all__ = [
@@ -47,6 +52,10 @@ __all__ = [
     "default_cache_dir",
     "load",
     "mnist1d_samples",
+    "ood",
+    "ood_kinds",
+    "OODSet",
+    "DEFAULT_HELD_OUT",
     "synthetic_regression",
 ]
 

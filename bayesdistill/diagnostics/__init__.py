@@ -5,7 +5,10 @@
 - results: :func:`calibration` -> :class:`CalibrationResult` (reliability curve and ECE, or
   predictive-interval coverage); :func:`cosine_distances` -> :class:`CosineDistances` (same- vs
   different-class pairs per model, with :class:`ModelDistances` and :func:`separation_auc`);
-  each has ``to_dict()`` for reports;
+  :func:`ood_detection` -> :class:`OODResult` (AUROC / AUPR of the predictive entropy, mutual
+  information and max probability against OOD inputs, per :class:`OODScore`) and
+  :func:`selective_prediction` -> :class:`SelectiveResult` (accuracy- and risk-coverage curves,
+  AURC, accuracy at fixed coverage); each has ``to_dict()`` for reports;
 - :mod:`~bayesdistill.diagnostics.plots` (``bd.plots``): figures that draw results only.
 """
 
@@ -13,6 +16,18 @@ from . import plots
 from .calibration import CalibrationResult, calibration
 from .metrics import calibration_curve, classification_metrics, expected_calibration_error, regression_metrics
 from .representations import CosineDistances, ModelDistances, cosine_distances, separation_auc
+from .uncertainty import (
+    SCORES,
+    OODResult,
+    OODScore,
+    SelectiveResult,
+    average_precision,
+    ood_detection,
+    roc_auc,
+    roc_curve,
+    selective_prediction,
+    uncertainty_scores,
+)
 
 __all__ = [
     "plots",
@@ -26,4 +41,14 @@ __all__ = [
     "CosineDistances",
     "ModelDistances",
     "separation_auc",
+    "ood_detection",
+    "OODResult",
+    "OODScore",
+    "selective_prediction",
+    "SelectiveResult",
+    "uncertainty_scores",
+    "roc_auc",
+    "roc_curve",
+    "average_precision",
+    "SCORES",
 ]

@@ -2,7 +2,8 @@
 
 Every function takes a result (a training history, a :class:`~bayesdistill.diagnostics.CalibrationResult`,
 a :class:`~bayesdistill.MeanFieldPosterior`, an :class:`~bayesdistill.AlignmentPlan`, pruning
-curves, a :class:`~bayesdistill.diagnostics.CosineDistances`), returns a
+curves, a :class:`~bayesdistill.diagnostics.CosineDistances`, an
+:class:`~bayesdistill.diagnostics.OODResult`, a :class:`~bayesdistill.diagnostics.SelectiveResult`), returns a
 :class:`matplotlib.figure.Figure`, attaches nothing to it and never calls ``plt.show()``. The
 numbers come from the result (and its ``to_dict()`` for reports). Figures are built with the
 object API on a bare ``Figure`` (not ``pyplot``), so they need no display, hold no global
@@ -19,6 +20,9 @@ notebook the returned figure displays once, as the cell's value.
 >>> fig = plots.alignment(plan)                # bd.align: unit scores while pruning, kept/removed
 >>> fig = plots.pruning_curve([curve_snr, curve_random])  # bd.distill.pruning_curve results
 >>> fig = plots.cosine_distances(diagnostics.cosine_distances([("t", teacher, "8"), ("s", student, "4")], test))
+>>> fig = plots.ood(diagnostics.ood_detection(bnn, data.test, x_ood))  # score histograms and ROC curves
+>>> fig = plots.roc({"teacher": res_t, "student": res_s}, score="mutual_information")
+>>> fig = plots.selective({"teacher": sel_t, "student": sel_s})  # accuracy- and risk-coverage curves
 >>> fig = plots.learning_curves({"distilled": r1.history, "plain": r2.history}, reference=teacher_metrics)
 >>> plots.save(fig, "elbo.png")
 
@@ -31,7 +35,8 @@ whole training set (as in :class:`~bayesdistill.FitResult`); confidences and acc
 probabilities; the signal-to-noise ratio is dimensionless; alignment scores are in the
 criterion's units (snr: dimensionless; data: squared pre-activation units; random: none).
 Distillation-term losses and the VID bounds are in nats per example; cosine distances
-(1 - cos) are dimensionless, in [0, 2].
+(1 - cos) are dimensionless, in [0, 2]; predictive entropy and mutual information are in nats
+per input, max probability, coverage, accuracy and risk are probabilities.
 """
 
 from __future__ import annotations
@@ -50,13 +55,14 @@ from torch import Tensor
 from .._io import atomic_write
 from .calibration import CalibrationResult
 from .representations import CosineDistances
+from .uncertainty import OODResult, SelectiveResult
 
 if TYPE_CHECKING:  # matplotlib is imported on first use: `import bayesdistill` stays fast
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["elbo", "term_metric", "vid_bounds", "calibration", "snr_histogram", "alignment", "pruning_curve",
-           "cosine_distances", "learning_curves", "save"]
+           "cosine_distances", "learning_curves", "ood", "roc", "selective", "save"]
 
 History = Union[Sequence[Mapping[str, float]], str, os.PathLike]
 
@@ -773,6 +779,173 @@ def learning_curves(
         ax.set_title(f"test {t} per epoch")
         ax.grid(alpha=0.3)
         ax.legend(loc="best")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# --------------------------------------------------------------------------- uncertainty
+def _named(results: Any, cls: type, fn: str, expected: str, compute: str) -> list[tuple[str, Any]]:
+    """``[(name, result)]`` of one result, a list of results (named by their ``name``) or a
+    mapping name -> result."""
+    if isinstance(results, Mapping):
+        items = list(results.items())
+    elif isinstance(results, Sequence) and not isinstance(results, (str, bytes)):
+        items = [(getattr(r, "name", None), r) for r in results]
+    else:
+        items = [(getattr(results, "name", None), results)]
+    if not items:
+        raise ValueError(f"{fn}(): no results given")
+    out = []
+    for i, (name, r) in enumerate(items):
+        if not isinstance(r, cls):
+            raise _not_a_result(fn, r, expected, compute)
+        out.append((str(name) if name is not None else f"model {i + 1}", r))
+    return out
+
+
+def _series_color(i: int, n: int) -> Any:
+    """Colour of line i of n: the default cycle up to 10 lines, tab20 beyond (no colour repeats up to 20)."""
+    if n <= 10:
+        return f"C{i}"
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](i % 20)
+
+
+_SCORE_LABELS = {"entropy": "predictive entropy (nats)", "mutual_information": "mutual information (nats)",
+                 "max_probability": "max predictive probability"}
+
+
+def ood(result: OODResult, title: Optional[str] = None, *, num_bins: int = 40) -> "Figure":
+    """An :class:`~bayesdistill.diagnostics.OODResult`: score histograms and ROC curves.
+
+    One panel per score: the densities of the score on the in-distribution (blue) and the OOD
+    inputs (red), titled with the AUROC and AUPR (OOD positive); the last panel draws the ROC
+    curve of every score (true-positive rate = fraction of OOD inputs flagged, against the
+    false-positive rate = fraction of in-distribution inputs flagged; the diagonal is chance).
+    A point estimate's mutual information is 0 everywhere: its panel shows one spike.
+
+    Args:
+        result: from :func:`bd.diagnostics.ood_detection(model, in_data, ood_data)
+            <bayesdistill.diagnostics.ood_detection>` (or :meth:`OODResult.from_probs`).
+        title: the figure's title (default: the model's name and the set sizes).
+        num_bins: histogram bins per panel.
+
+    Raises:
+        TypeError: ``result`` is not an OODResult (e.g. a model).
+    """
+    if not isinstance(result, OODResult):
+        raise _not_a_result("ood", result, "an OODResult", "bd.diagnostics.ood_detection(model, in_data, ood_data)")
+    scores = list(result.scores.values())
+    n = len(scores) + 1
+    fig, axes = _new_figure(1, n, figsize=(3.9 * n + 0.4, 3.7))
+    for ax, sc in zip(axes[0], scores):
+        both = torch.cat([sc.in_values, sc.ood_values])
+        lo, hi = float(both.min()), float(both.max())
+        if hi - lo < 1e-12:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = torch.linspace(lo, hi, num_bins + 1, dtype=torch.float64).numpy()
+        ax.hist(sc.in_values.numpy(), bins=edges, density=True, color="tab:blue", alpha=0.5,
+                label=f"in distribution, n={result.num_in}")
+        ax.hist(sc.ood_values.numpy(), bins=edges, density=True, color="tab:red", alpha=0.5,
+                label=f"OOD, n={result.num_ood}")
+        ax.set_xlabel(_SCORE_LABELS.get(sc.name, sc.name))
+        ax.set_title(f"{sc.name}: AUROC {sc.auroc:.3f}, AUPR {sc.aupr:.3f}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="x-small")
+    axes[0, 0].set_ylabel("density")
+    last = axes[0, -1]
+    for i, sc in enumerate(scores):
+        fpr, tpr = sc.roc_curve()
+        last.plot(fpr.numpy(), tpr.numpy(), color=f"C{i % 10}", label=f"{sc.name} (AUROC {sc.auroc:.3f})")
+    _roc_axes(last, "ROC, OOD = positive")
+    who = f"{result.name}: " if result.name else ""
+    s = f", S = {result.num_samples}" if result.num_samples else ""
+    fig.suptitle(title or f"{who}OOD detection by uncertainty scores{s}", fontsize=10)
+    return fig
+
+
+def _roc_axes(ax, title: str) -> None:
+    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false-positive rate (in-distribution flagged)")
+    ax.set_ylabel("true-positive rate (OOD flagged)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="x-small")
+
+
+def roc(results: Any, score: str = "mutual_information", title: Optional[str] = None,
+        ax: Optional["Axes"] = None) -> "Figure":
+    """ROC curves of one uncertainty score for several models, overlaid.
+
+    Args:
+        results: an :class:`~bayesdistill.diagnostics.OODResult`, a list of them (named by
+            their ``name``) or a mapping name -> OODResult (e.g. teacher and students on the
+            same in-distribution and OOD inputs).
+        score: ``"entropy"``, ``"mutual_information"`` or ``"max_probability"``.
+        title: the axes' title.
+        ax: draw on this axes instead of a new figure.
+
+    Raises:
+        TypeError: a result that is not an OODResult.
+        KeyError: a result without that score.
+    """
+    items = _named(results, OODResult, "roc", "OODResult objects",
+                   "bd.diagnostics.ood_detection(model, in_data, ood_data)")
+    if ax is None:
+        fig, axes = _new_figure(1, 1, figsize=(5.2, 4.8))
+        ax = axes[0, 0]
+    else:
+        fig = ax.figure
+    for i, (name, r) in enumerate(items):
+        if score not in r.scores:
+            raise KeyError(f"roc(): the result of {name!r} has no score {score!r} (it has {list(r.scores)})")
+        fpr, tpr = r[score].roc_curve()
+        ax.plot(fpr.numpy(), tpr.numpy(), color=_series_color(i, len(items)),
+                label=f"{name} (AUROC {r[score].auroc:.3f})")
+    _roc_axes(ax, title or f"ROC of the {score.replace('_', ' ')}, OOD = positive")
+    return fig
+
+
+def selective(results: Any, title: Optional[str] = None) -> "Figure":
+    """Accuracy-coverage (left) and risk-coverage (right) curves of one or several models.
+
+    Each line is a :class:`~bayesdistill.diagnostics.SelectiveResult`: the accuracy (0-1
+    risk) of the model's k most confident answers against the coverage k / N; the legend gives
+    the area under the accuracy-coverage curve and the AURC. A model whose confidence ranks its
+    errors last rises to the left; the dotted line of the same colour is its accuracy at full
+    coverage.
+
+    Args:
+        results: a SelectiveResult, a list of them (named by their ``name``) or a mapping
+            name -> SelectiveResult.
+        title: the figure's title.
+
+    Raises:
+        TypeError: a result that is not a SelectiveResult (e.g. a model).
+    """
+    items = _named(results, SelectiveResult, "selective", "SelectiveResult objects",
+                   "bd.diagnostics.selective_prediction(model, data)")
+    fig, axes = _new_figure(1, 2, figsize=(11.0, 4.4))
+    left, right = axes[0, 0], axes[0, 1]
+    for i, (name, r) in enumerate(items):
+        color = _series_color(i, len(items))
+        left.plot(r.coverage, r.selective_accuracy, color=color, label=f"{name} (area {r.area_accuracy:.3f})")
+        left.axhline(r.accuracy, color=color, ls=":", lw=1)
+        right.plot(r.coverage, r.risk, color=color, label=f"{name} (AURC {r.aurc:.3f})")
+    scores = sorted({r.score for _, r in items})
+    left.set_ylabel("accuracy of the answered inputs")
+    left.set_title("accuracy-coverage (higher is better)", fontsize=9)
+    right.set_ylabel("selective risk (error rate of the answered)")
+    right.set_title("risk-coverage (lower is better)", fontsize=9)
+    for a in (left, right):
+        a.set_xlabel(f"coverage (fraction answered, most confident first by {', '.join(scores)})")
+        a.set_xlim(0, 1)
+        a.grid(alpha=0.3)
+        a.legend(loc="best", fontsize="small")
     if title:
         fig.suptitle(title)
     return fig

@@ -433,4 +433,4 @@ def test_plots_exported():
     assert bd.plots is plots
     assert "plots" in bd.__all__ and "plots" in bd.diagnostics.__all__
     assert set(plots.__all__) == {"elbo", "term_metric", "vid_bounds", "calibration", "snr_histogram", "alignment",
-                                  "pruning_curve", "cosine_distances", "learning_curves", "save"}
+                                  "pruning_curve", "cosine_distances", "learning_curves", "ood", "roc", "selective", "save"}
