@@ -13,6 +13,7 @@
 """
 
 from .align import (
+    BLOCK_CRITERIA,
     CRITERIA,
     REMOVALS,
     AlignmentPlan,
@@ -24,6 +25,7 @@ from .align import (
     narrow,
     parse_chain,
     pruning_curve,
+    register_block_criterion,
     register_criterion,
     register_removal,
 )
@@ -45,4 +47,5 @@ __all__ = [
     "FeatureTaps",
     "TeacherFeatures",
     "align", "AlignmentPlan", "UnitContext", "CRITERIA", "parse_chain", "narrow", "pruning_curve", "aligned_network",
-    "register_criterion", "REMOVALS", "register_removal", "check_alignable", "PruningCurve", "student_from_teacher"]
+    "register_criterion", "REMOVALS", "register_removal", "check_alignable", "PruningCurve", "student_from_teacher",
+    "BLOCK_CRITERIA", "register_block_criterion"]
