@@ -257,6 +257,10 @@ class BNN(nn.Module):
     def _convert(self, deterministic: Selector, bayesian_norm: bool):
         sites, info, inits = [], {}, {}
         offset = 0
+        # layers whose weights their parent reads directly, never calling their forward (so local
+        # reparameterization, which replaces that forward, must leave them alone): the output
+        # projection of nn.MultiheadAttention
+        read_directly = {id(m.out_proj) for m in self.net.modules() if isinstance(m, nn.MultiheadAttention)}
         for path, module in self.net.named_modules():
             own = [(a, p) for a, p in module._parameters.items() if p is not None]
             if not own:
@@ -276,7 +280,7 @@ class BNN(nn.Module):
                 )
             lrt = isinstance(module, _lrt.LRT_LAYERS) and type(module).forward in {
                 t.forward for t in _lrt.LRT_LAYERS
-            }
+            } and id(module) not in read_directly
             for attr, p in own:
                 if not p.is_floating_point():
                     continue
