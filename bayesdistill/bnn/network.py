@@ -395,7 +395,7 @@ class BNN(nn.Module):
         scale = F.softplus(self.rho)
         # one noise draw for all weights; each site still emits its own Normal(loc, scale).
         # Under local reparameterization most sites are not sampled at all: draw per site then.
-        draws = [None] * len(self._sites) if lrt else self._split(self.loc + scale * torch.randn_like(scale))
+        draws = [None] * len(self._sites) if lrt else self._split(torch.addcmul(self.loc, scale, torch.randn_like(scale)))
         with self._kl_scale():
             for s, loc, sc, w in zip(self._sites, self._split(self.loc), self._split(scale), draws):
                 pyro.sample(s.name, _site_normal(loc, sc, len(s.shape), w),
