@@ -173,8 +173,11 @@ def data_scores(ctx: UnitContext) -> Tensor:
     return torch.cat(energies)
 
 
-def _block_energy(ctx: UnitContext, a: Tensor, sl: slice) -> Tensor:
-    """Mean squared contribution to the next layer's pre-activations of the units ``sl``."""
+def _block_energy(ctx: UnitContext, a: Tensor, sl: slice, max_elements: int = 1 << 24) -> Tensor:
+    """Mean squared contribution to the next layer's pre-activations of the units ``sl``.
+
+    For a convolution the per-unit outputs ``[n, units, next_out, positions]`` are computed for
+    as many examples at a time as keep them under ``max_elements`` entries (memory)."""
     nxt = ctx.next_layer
     if isinstance(nxt, nn.Linear):
         # contribution of unit j: A_j [N, g] @ W[:, j, :]^T
@@ -185,9 +188,13 @@ def _block_energy(ctx: UnitContext, a: Tensor, sl: slice) -> Tensor:
     kernel = nxt.kernel_size
     wk = w.reshape(w.shape[0], c, *kernel).transpose(0, 1).reshape(c * w.shape[0], 1, *kernel)
     conv = F.conv1d if isinstance(nxt, nn.Conv1d) else F.conv2d
-    out = conv(a[:, sl], wk, None, nxt.stride, nxt.padding, nxt.dilation, groups=c)
-    out = out.reshape(a.shape[0], c, w.shape[0], -1)
-    return out.square().sum((2, 3)).mean(0)
+    per_example = c * w.shape[0] * max(1, a[0, 0].numel())
+    step = max(1, max_elements // per_example)
+    total = torch.zeros(c, dtype=a.dtype, device=a.device)
+    for i in range(0, a.shape[0], step):
+        out = conv(a[i:i + step, sl], wk, None, nxt.stride, nxt.padding, nxt.dilation, groups=c)
+        total += out.reshape(out.shape[0], c, w.shape[0], -1).square().sum((0, 2, 3))
+    return total / a.shape[0]
 
 
 # ----------------------------------------------------------------------------- block criteria

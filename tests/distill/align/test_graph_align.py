@@ -350,3 +350,17 @@ def test_the_alignment_plot_draws_a_graph_plan():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_a_torchvision_resnet_when_torchvision_imports():
+    try:
+        from torchvision.models.resnet import BasicBlock, ResNet
+    except Exception as err:  # not installed, or unimportable next to this torch build
+        pytest.skip(f"torchvision cannot be imported here ({type(err).__name__})")
+    torch.manual_seed(0)
+    teacher = bd.BNN(ResNet(BasicBlock, [2, 2, 2, 2], num_classes=5))
+    student = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=5)
+    x = torch.randn(4, 3, 32, 32)
+    plan = bd.align(teacher, student, example=x[:2])
+    assert sum(L["kind"] == "block" for L in plan.layers) == 4
+    assert _student_out(teacher, student, plan, x).shape == (4, 5)
