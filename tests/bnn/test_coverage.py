@@ -89,8 +89,11 @@ def test_every_parameter_is_a_site_of_the_model_and_the_guide(arch):
         # what is not a site is a point estimate (normalization parameters, buffers)
         points = bnn.point_estimates()
         assert all(f"net.{k}" in points for k in params if k not in expected)
-    if name == "torch-transformer":
-        assert {"enc.layers.0.self_attn.in_proj_weight", "enc.layers.1.norm2.weight", "emb.weight"} <= set(bnn.site_names + list(params))
+        if name == "torch-transformer" and bayesian_norm:  # bare parameters, LayerNorm, Embedding
+            assert {"enc.layers.0.self_attn.in_proj_weight", "enc.layers.0.self_attn.in_proj_bias",
+                    "enc.layers.1.norm2.weight", "emb.weight"} <= set(guide)
+        if name == "transformer":
+            assert ("layers.0.norm1.weight" in guide) == bayesian_norm and "pos.weight" in guide
 
 
 def test_the_kl_equals_torch_distributions(arch):
