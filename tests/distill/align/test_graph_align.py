@@ -32,12 +32,24 @@ def _student_out(teacher, student_net, plan, x):
 
 
 # ----------------------------------------------------------------------------- ResNets
+def _stream_norms(net):
+    """The BatchNorms that write each stage's stream, by the name of its group (the stem for stage 1)."""
+    out = {}
+    for i, stage in enumerate(net.stage_names):
+        blocks = getattr(net, stage)
+        bns = [f"{stage}.{j}.bn2" for j in range(len(blocks))]
+        if i == 0:
+            out["conv1"] = ["bn1"] + bns
+        else:
+            out[f"{stage}.0.conv2"] = bns + [f"{stage}.0.shortcut.1"]
+    return out
+
+
 def _masked_resnet(teacher_net, q, plan):
     """The teacher with the removed channels' BatchNorm entries and the removed blocks' last BatchNorm zeroed."""
     net = plain_copy(teacher_net, q)
     rec = _records(plan)
-    bns = {"conv1": ["bn1", "layer1.0.bn2", "layer1.1.bn2"],
-           "layer2.0.conv2": ["layer2.0.bn2", "layer2.1.bn2", "layer2.0.shortcut.1"]}
+    bns = _stream_norms(net)
     for name, L in rec.items():
         if L["kind"] == "block":
             bn = net.get_submodule(f"{name}.bn2")
@@ -69,6 +81,21 @@ def test_resnet_to_fewer_blocks_and_channels_computes_the_masked_teacher(criteri
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     error = (expected - full).square().sum() / (full - full.mean(0)).square().sum()
     assert plan.output_error == pytest.approx(float(error), rel=1e-4)
+
+
+def test_resnet18_to_resnet10_layout_computes_the_masked_teacher():
+    """Four stages of two blocks -> one block per stage (ResNet-18 -> ResNet-10), narrower, at test widths."""
+    teacher_net = tiny_resnet(blocks=(2, 2, 2, 2), widths=(8, 8, 12, 12))
+    teacher = bd.BNN(teacher_net)
+    student_net = tiny_resnet(blocks=(1, 1, 1, 1), widths=(4, 6, 8, 12))
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    plan = bd.align(teacher, student_net, probe=x, compensation=False, removal="identity", step=0.5)
+    blocks = sorted(L["teacher"] for L in plan.layers if L["kind"] == "block")
+    # stage 1's blocks both have identity skips; in stages 2-4 the first block has a projection shortcut
+    assert blocks[0] in ("layer1.0", "layer1.1") and blocks[1:] == ["layer2.1", "layer3.1", "layer4.1"]
+    with torch.no_grad():
+        expected = _masked_resnet(teacher_net, teacher.posterior(), plan)(x)
+    torch.testing.assert_close(_student_out(teacher, student_net, plan, x), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_removing_a_zeroed_residual_block_leaves_the_function_unchanged():
