@@ -47,7 +47,8 @@ def find_blocks(b: GraphBuilder, net: nn.Module, gm: fx.GraphModule, prop: Any) 
 
 
 def _why_not_removable(gm: fx.GraphModule, nodes: set[fx.Node], prop: Any) -> Optional[str]:
-    inputs = {a for n in nodes for a in n.all_input_nodes if a not in nodes and a in prop.values}
+    inputs = {a for n in nodes for a in n.all_input_nodes
+              if a not in nodes and a in prop.values and a.op != "get_attr"}
     if len(inputs) != 1:
         return f"it reads {len(inputs)} tensors from outside (a residual block reads one)"
     x = next(iter(inputs))

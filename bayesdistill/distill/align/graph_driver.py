@@ -303,8 +303,8 @@ def _stack(ed: GraphEditor, g: GroupGeometry, members: list[Member]) -> tuple[Te
     """The members' unit rows: one tensor as it is (``[units, ...]``), several side by side (``[units, -1]``)."""
     n = len(ed.kept[g.index])
     if not members:
-        z = torch.zeros(n, 0)
-        return z, torch.ones(n, 0)
+        device = next(iter(ed.locs.values())).device
+        return torch.zeros(n, 0, device=device), torch.ones(n, 0, device=device)
     locs = [ed.unit_rows(m.tensor, m, g, "loc") for m in members]
     scales = [ed.unit_rows(m.tensor, m, g, "scale") for m in members]
     if len(members) == 1:

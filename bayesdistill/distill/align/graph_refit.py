@@ -145,13 +145,13 @@ def _solve(run: Any, g: GroupGeometry, c: Consumer, gram: _Gram, biased: bool, r
     ed: GraphEditor = run.editor
     name = f"{c.path}.weight"
     member = next(m for m in g.members if m.tensor == name and m.role == "in")
-    idx = unit_index(member, g.units, ed.kept[g.index])
     W = ed.locs[name]
+    idx = unit_index(member, g.units, ed.kept[g.index], W.device)
     old = W.index_select(1, idx).reshape(W.shape[0], -1).T.double()
     if biased:
         old = torch.cat([old, ed.locs[f"{c.path}.bias"].double().unsqueeze(0)], 0)
     lam = ridge * gram.xx.diagonal().mean().clamp_min(1e-12)
-    eye = torch.eye(gram.xx.shape[0], dtype=gram.xx.dtype)
+    eye = torch.eye(gram.xx.shape[0], dtype=gram.xx.dtype, device=gram.xx.device)
     sol = torch.linalg.solve(gram.xx + lam * eye, gram.xy)
     before, after = gram.error(old), gram.error(sol)
     new = W.clone()
