@@ -391,3 +391,15 @@ def test_a_torchvision_resnet_when_torchvision_imports():
     plan = bd.align(teacher, student, example=x[:2])
     assert sum(L["kind"] == "block" for L in plan.layers) == 4
     assert _student_out(teacher, student, plan, x).shape == (4, 5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graph_alignment_on_cuda_equals_cpu():
+    teacher = bd.BNN(tiny_resnet())
+    student_net = tiny_resnet(blocks=(1, 1), widths=(6, 8))
+    cpu = bd.align(teacher, student_net, probe=X_IMG, criterion="data")
+    gpu = bd.align(teacher.to("cuda"), student_net, probe=X_IMG.cuda(), criterion="data")
+    assert [e for e in gpu.edits if e.replayable] == [e for e in cpu.edits if e.replayable]
+    for k in cpu.aligned.locs:
+        torch.testing.assert_close(gpu.aligned.locs[k].cpu(), cpu.aligned.locs[k], rtol=1e-3, atol=1e-4)
