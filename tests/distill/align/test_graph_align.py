@@ -403,3 +403,33 @@ def test_graph_alignment_on_cuda_equals_cpu():
     assert [e for e in gpu.edits if e.replayable] == [e for e in cpu.edits if e.replayable]
     for k in cpu.aligned.locs:
         torch.testing.assert_close(gpu.aligned.locs[k].cpu(), cpu.aligned.locs[k], rtol=1e-3, atol=1e-4)
+
+
+def test_mobilenet_with_depthwise_convolutions_to_a_half_width_shallower_one():
+    """Depthwise kernels follow their channels; the student equals the teacher evaluated with the plan's
+    edits (removed units zeroed at their readers, removed blocks as the identity)."""
+    from bayesdistill.distill.align import GraphEditor
+    from bayesdistill.distill.align.graph_editor import masked
+    from _graph_helpers import randomize_norms
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        teacher_net = randomize_norms(bd.models.mobilenetv2(4, setting=((1, 8, 1, 1), (6, 12, 3, 2), (6, 16, 2, 2)),
+                                                            last_channels=32))
+    student_net = bd.models.mobilenetv2(4, width=0.5, setting=((1, 8, 1, 1), (6, 12, 1, 2), (6, 16, 1, 2)),
+                                        last_channels=24)
+    teacher = bd.BNN(teacher_net)
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    plan = bd.align(teacher, student_net, probe=x, compensation=False, removal="identity")
+    assert sorted(L["teacher"] for L in plan.layers if L["kind"] == "block") == ["stages.1.1", "stages.1.2", "stages.2.1"]
+    editor = GraphEditor(plan.geometry, teacher.posterior())
+    for edit in plan.edits:
+        edit.replay(editor)
+    teacher.eval()
+    with torch.no_grad(), masked(teacher.net, editor):
+        expected = teacher.forward_with(x, editor.locs)
+    torch.testing.assert_close(_student_out(teacher, student_net, plan, x), expected, atol=1e-5, rtol=1e-5)
+    # the depthwise kernels of a narrowed expansion are sliced with it
+    kept = _records(plan)["stages.2.0.conv.0"]["kept"]
+    torch.testing.assert_close(plan.aligned.locs["stages.2.0.conv.3.weight"],
+                               teacher.posterior().locs["stages.2.0.conv.3.weight"][kept])
