@@ -50,7 +50,7 @@ def assert_bundles_equal(a: datasets.DatasetBundle, b: datasets.DatasetBundle) -
 
 
 def test_available_lists_all_names() -> None:
-    assert datasets.available() == ["digits", "mnist1d", "synthetic-regression"]
+    assert datasets.available() == ["cifar10", "cifar100", "digits", "image-folder", "mnist1d", "synthetic-regression"]
 
 
 # --- shapes, dtypes, sizes ---------------------------------------------------------
@@ -274,10 +274,10 @@ def test_mnist1d_samples_rejects_standard_seed_and_bad_n() -> None:
 
 def test_unknown_name_lists_available() -> None:
     with pytest.raises(datasets.UnknownDatasetError) as info:
-        datasets.load("cifar10")
+        datasets.load("imagenet")
     assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
     message = str(info.value)
-    assert "'cifar10'" in message
+    assert "'imagenet'" in message
     assert all(name in message for name in datasets.available())
 
 

@@ -267,6 +267,10 @@ class BNN(nn.Module):
     def _convert(self, deterministic: Selector, bayesian_norm: bool):
         sites, info, inits = [], {}, {}
         offset = 0
+        # layers whose weights their parent reads directly, never calling their forward (so local
+        # reparameterization, which replaces that forward, must leave them alone): the output
+        # projection of nn.MultiheadAttention
+        read_directly = {id(m.out_proj) for m in self.net.modules() if isinstance(m, nn.MultiheadAttention)}
         for path, module in self.net.named_modules():
             own = [(a, p) for a, p in module._parameters.items() if p is not None]
             if not own:
@@ -286,7 +290,7 @@ class BNN(nn.Module):
                 )
             lrt = isinstance(module, _lrt.LRT_LAYERS) and type(module).forward in {
                 t.forward for t in _lrt.LRT_LAYERS
-            }
+            } and id(module) not in read_directly
             for attr, p in own:
                 if not p.is_floating_point():
                     continue
@@ -401,7 +405,7 @@ class BNN(nn.Module):
         scale = F.softplus(self.rho)
         # one noise draw for all weights; each site still emits its own Normal(loc, scale).
         # Under local reparameterization most sites are not sampled at all: draw per site then.
-        draws = [None] * len(self._sites) if lrt else self._split(self.loc + scale * torch.randn_like(scale))
+        draws = [None] * len(self._sites) if lrt else self._split(torch.addcmul(self.loc, scale, torch.randn_like(scale)))
         with self._kl_scale():
             for s, loc, sc, w in zip(self._sites, self._split(self.loc), self._split(scale), draws):
                 pyro.sample(s.name, _site_normal(loc, sc, len(s.shape), w),

@@ -52,7 +52,9 @@ class DatasetBundle:
     task:
         ``"classification"`` or ``"regression"``.
     train, test:
-        :class:`~torch.utils.data.TensorDataset` of ``(inputs, targets)``.
+        :class:`~torch.utils.data.TensorDataset` of ``(inputs, targets)``
+        (an augmented training split is an ``AugmentedTensors``, which holds
+        the raw tensors the same way and transforms examples when read).
         Inputs are ``float32`` with shape ``[N, *input_shape]``. Targets are
         ``int64`` class indices of shape ``[N]`` for classification, and
         ``float32`` of shape ``[N, 1]`` for regression.
@@ -191,4 +193,7 @@ def subset_train(
         y, fraction, stratify=bundle.task == "classification", seed=seed
     )
     info = {**bundle.info, "train_fraction": fraction, "subset_seed": seed}
-    return replace(bundle, train=TensorDataset(x[idx], y[idx]), info=info)
+    # a training split that transforms its examples (augmentation) keeps doing so
+    subset = getattr(bundle.train, "subset", None)
+    train = subset(idx) if callable(subset) else TensorDataset(x[idx], y[idx])
+    return replace(bundle, train=train, info=info)

@@ -18,6 +18,7 @@
 from ..bnn.taps import FeatureTaps
 from ..infer.objective import Objective
 from .align import (
+    BLOCK_CRITERIA,
     CRITERIA,
     REMOVALS,
     AlignmentPlan,
@@ -29,6 +30,7 @@ from .align import (
     narrow,
     parse_chain,
     pruning_curve,
+    register_block_criterion,
     register_criterion,
     register_removal,
 )
@@ -79,4 +81,5 @@ __all__ = [
     "available_terms",
     "get_term",
     "align", "AlignmentPlan", "UnitContext", "CRITERIA", "parse_chain", "narrow", "pruning_curve", "aligned_network",
-    "register_criterion", "REMOVALS", "register_removal", "check_alignable", "PruningCurve", "student_from_teacher"]
+    "register_criterion", "REMOVALS", "register_removal", "check_alignable", "PruningCurve", "student_from_teacher",
+    "BLOCK_CRITERIA", "register_block_criterion"]

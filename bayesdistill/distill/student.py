@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 from torch import nn
 
 from ..bnn.likelihoods import Likelihood
-from ..bnn.network import BNN
+from ..bnn.network import BNN, NORM_LAYERS
 from ..bnn.priors import TeacherPosterior
 
 __all__ = ["student_from_teacher", "STUDENT_INITS"]
@@ -42,6 +42,7 @@ def student_from_teacher(
     likelihood: Optional[Likelihood] = None,
     dataset_size: Optional[int] = None,
     init_scale: float = 1e-2,
+    bayesian_norm: Optional[bool] = None,
 ) -> BNN:
     """The student :class:`~bayesdistill.BNN` of ``student_net`` with the (aligned) teacher as prior.
 
@@ -66,6 +67,8 @@ def student_from_teacher(
             included).
         dataset_size: N of the student's training data; ``None`` takes the teacher's.
         init_scale: the initial posterior standard deviation with ``"prior-mean"`` and ``"module"``.
+        bayesian_norm: make the student's normalization layers Bayesian; ``None`` (default): as
+            the teacher's are (whether its posterior holds normalization parameters).
 
     Returns:
         The student BNN, on the teacher's device.
@@ -90,7 +93,13 @@ def student_from_teacher(
         dataset_size=teacher.dataset_size if dataset_size is None else dataset_size,
         init=aligned if init == "teacher" else init,
         init_scale=init_scale,
+        bayesian_norm=_norms_are_bayesian(teacher) if bayesian_norm is None else bool(bayesian_norm),
     )
     if init == "prior-mean":  # the aligned statistics go with the aligned means ("teacher": loaded by BNN)
         student.load_point_estimates(aligned.point_estimates)
     return student.to(teacher.loc.device)
+
+
+def _norms_are_bayesian(teacher: BNN) -> bool:
+    norm_types = {t.__name__ for t in NORM_LAYERS}
+    return any(info.module_type in norm_types for info in teacher.param_info.values())

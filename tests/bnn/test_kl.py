@@ -39,3 +39,21 @@ def test_cached_form_equals_the_per_weight_form():
     plain = fused_normal_kl([(q_loc, q_scale, flat_loc, flat_scale)])
     torch.testing.assert_close(cached, plain, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cached.double(), _ref(q_loc, q_scale, flat_loc, flat_scale), rtol=1e-5, atol=1e-4)
+
+
+def test_cached_form_gradients_equal_autograd_of_the_expression():
+    """The hand-written backward of the cached form (unit and general prior scales, zero and
+    non-zero prior means) equals autograd of the per-weight expression, in float64."""
+    g = torch.Generator().manual_seed(3)
+    for unit, zero in ((True, True), (False, True), (False, False), (True, False)):
+        base_loc = torch.zeros(40, dtype=torch.float64) if zero else torch.randn(40, generator=g, dtype=torch.float64)
+        base_scale = torch.ones(40, dtype=torch.float64) if unit else torch.rand(40, generator=g, dtype=torch.float64) + 0.5
+        q_loc = torch.randn(40, generator=g, dtype=torch.float64, requires_grad=True)
+        q_scale = (torch.rand(40, generator=g, dtype=torch.float64) + 0.05).requires_grad_()
+        pairs = [(q_loc[:25], q_scale[:25], base_loc[:25], base_scale[:25]),
+                 (q_loc[25:], q_scale[25:], base_loc[25:], base_scale[25:])]
+        cached = fused_normal_kl(pairs, PriorConstants())
+        ref = _ref(q_loc, q_scale, base_loc, base_scale)
+        torch.testing.assert_close(cached, ref, rtol=1e-12, atol=1e-10)
+        for a, b in zip(torch.autograd.grad(cached, [q_loc, q_scale]), torch.autograd.grad(ref, [q_loc, q_scale])):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

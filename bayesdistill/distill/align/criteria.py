@@ -8,7 +8,18 @@ The built-in criteria are registered by name:
 - ``"snr"``: mean |mu| / sigma of the unit's incoming weights, bias and outgoing weights;
 - ``"data"`` (needs probe data): the energy of the unit's contribution to the next layer's
   pre-activations on the probe inputs (centred when the next layer is re-fitted, since the
-  re-fit absorbs a removed unit's mean into the next bias).
+  re-fit absorbs a removed unit's mean into the next bias); on a graph, summed over every layer
+  that reads the unit.
+
+On the graph path (residual networks, Transformers) a "layer" is a channel group: all the
+slices removed together (:mod:`.graph`); its context stacks the incoming weights of every layer
+that computes the units and the outgoing weights of every layer that reads them.
+
+Residual blocks (and Transformer layers) that alignment removes are chosen by a *block*
+criterion (``BlockContext -> score``, lower goes first), registered the same way with
+:func:`register_block_criterion` under the same names: ``"snr"`` (mean |mu| / sigma of the
+block's weights), ``"data"`` (the energy of the block's residual branch relative to its input on
+the probe data, ``||f(x) - x||^2 / ||x||^2``) and ``"random"``.
 
 A new criterion is one function decorated with :func:`register_criterion`; ``bd.align`` then
 accepts its name (a callable can also be passed directly as ``criterion=``)::
@@ -30,7 +41,8 @@ from torch import Tensor, nn
 
 from ...errors import DataError
 
-__all__ = ["UnitContext", "Criterion", "CRITERIA", "register_criterion", "resolve_criterion", "criterion_needs_probe"]
+__all__ = ["UnitContext", "Criterion", "CRITERIA", "register_criterion", "resolve_criterion", "criterion_needs_probe",
+           "BlockContext", "BlockCriterion", "BLOCK_CRITERIA", "register_block_criterion", "resolve_block_criterion"]
 
 
 @dataclass
@@ -52,6 +64,11 @@ class UnitContext:
         compensated: whether the next layer is re-fitted after the removal (``compensation``
             with probe data): a removed unit's mean output is then absorbed by the next bias,
             otherwise its whole contribution is lost.
+        consumers: on a graph, for a group read by several layers: one context per reading
+            layer (its ``out_loc``, ``activations``, ``next_layer``); then ``out_loc`` stacks all
+            of them as ``[1, units, ...]`` and ``activations`` / ``next_layer`` are the first's.
+            Empty for a chain (and a group read by one layer). On a graph, ``activations`` are
+            given only to criteria registered with ``needs_probe=True``.
     """
 
     layer: str
@@ -63,9 +80,10 @@ class UnitContext:
     out_loc: Tensor
     out_scale: Tensor
     activations: Optional[Tensor]
-    next_layer: nn.Module
+    next_layer: Optional[nn.Module]
     generator: torch.Generator
     compensated: bool = True
+    consumers: tuple["UnitContext", ...] = ()
 
     @property
     def units(self) -> int:
@@ -135,7 +153,7 @@ def snr_scores(ctx: UnitContext) -> Tensor:
     """Mean |mu| / sigma over the unit's incoming weights, its bias and its outgoing weights."""
     parts = [(ctx.w_loc.abs() / ctx.w_scale).reshape(ctx.units, -1)]
     if ctx.b_loc is not None:
-        parts.append((ctx.b_loc.abs() / ctx.b_scale).reshape(ctx.units, 1))
+        parts.append((ctx.b_loc.abs() / ctx.b_scale).reshape(ctx.units, -1))
     out = (ctx.out_loc.abs() / ctx.out_scale).transpose(0, 1).reshape(ctx.units, -1)
     parts.append(out)
     return torch.cat(parts, dim=1).mean(dim=1)
@@ -144,6 +162,8 @@ def snr_scores(ctx: UnitContext) -> Tensor:
 @register_criterion("data", needs_probe=True)
 def data_scores(ctx: UnitContext) -> Tensor:
     """The energy of each unit's (centred, when compensated) contribution to the next layer on the probe data."""
+    if ctx.consumers:
+        return sum(data_scores(c) for c in ctx.consumers)
     if ctx.activations is None:
         raise DataError('criterion "data" needs probe data: pass probe= to bd.align (inputs of the teacher)')
     a = ctx.activations
@@ -153,8 +173,11 @@ def data_scores(ctx: UnitContext) -> Tensor:
     return torch.cat(energies)
 
 
-def _block_energy(ctx: UnitContext, a: Tensor, sl: slice) -> Tensor:
-    """Mean squared contribution to the next layer's pre-activations of the units ``sl``."""
+def _block_energy(ctx: UnitContext, a: Tensor, sl: slice, max_elements: int = 1 << 24) -> Tensor:
+    """Mean squared contribution to the next layer's pre-activations of the units ``sl``.
+
+    For a convolution the per-unit outputs ``[n, units, next_out, positions]`` are computed for
+    as many examples at a time as keep them under ``max_elements`` entries (memory)."""
     nxt = ctx.next_layer
     if isinstance(nxt, nn.Linear):
         # contribution of unit j: A_j [N, g] @ W[:, j, :]^T
@@ -165,6 +188,92 @@ def _block_energy(ctx: UnitContext, a: Tensor, sl: slice) -> Tensor:
     kernel = nxt.kernel_size
     wk = w.reshape(w.shape[0], c, *kernel).transpose(0, 1).reshape(c * w.shape[0], 1, *kernel)
     conv = F.conv1d if isinstance(nxt, nn.Conv1d) else F.conv2d
-    out = conv(a[:, sl], wk, None, nxt.stride, nxt.padding, nxt.dilation, groups=c)
-    out = out.reshape(a.shape[0], c, w.shape[0], -1)
-    return out.square().sum((2, 3)).mean(0)
+    per_example = c * w.shape[0] * max(1, a[0, 0].numel())
+    step = max(1, max_elements // per_example)
+    total = torch.zeros(c, dtype=a.dtype, device=a.device)
+    for i in range(0, a.shape[0], step):
+        out = conv(a[i:i + step, sl], wk, None, nxt.stride, nxt.padding, nxt.dilation, groups=c)
+        total += out.reshape(out.shape[0], c, w.shape[0], -1).square().sum((0, 2, 3))
+    return total / a.shape[0]
+
+
+# ----------------------------------------------------------------------------- block criteria
+@dataclass
+class BlockContext:
+    """What a block criterion sees of one removable residual block (or Transformer layer).
+
+    Attributes:
+        path: the block's module path in the teacher; ``stage``: its container's.
+        locs, scales: the posterior means and standard deviations of the block's Bayesian
+            tensors, name -> tensor.
+        contribution: with probe data, ``||f(x) - x||^2 / ||x||^2`` over the probe inputs: how much
+            the block changes its input (0 for a block with a zero branch); else ``None``.
+        generator: a seeded ``torch.Generator`` for random criteria.
+    """
+
+    path: str
+    stage: str
+    locs: dict[str, Tensor]
+    scales: dict[str, Tensor]
+    contribution: Optional[float]
+    generator: torch.Generator
+
+
+BlockCriterion = Callable[[BlockContext], float]
+
+#: Registered block criteria: name -> function ``BlockContext -> score`` (lower = removed first).
+BLOCK_CRITERIA: dict[str, BlockCriterion] = {}
+
+
+def register_block_criterion(name: str, *, needs_probe: bool = False) -> Callable[[BlockCriterion], BlockCriterion]:
+    """Register a block-scoring function under ``name`` (``bd.align(block_criterion=name)``; by
+    default ``bd.align`` uses the block criterion named like its unit ``criterion``, else ``"snr"``).
+    ``needs_probe``: it reads ``ctx.contribution``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a block criterion name must be a non-empty string, got {name!r}")
+
+    def decorator(fn: BlockCriterion) -> BlockCriterion:
+        if not callable(fn):
+            raise TypeError(f"register_block_criterion({name!r}) decorates a callable, got {type(fn).__name__}")
+        if name in BLOCK_CRITERIA and BLOCK_CRITERIA[name] is not fn:
+            raise ValueError(f"block criterion {name!r} is already registered ({BLOCK_CRITERIA[name]!r})")
+        fn.needs_probe = bool(needs_probe)
+        BLOCK_CRITERIA[name] = fn
+        return fn
+
+    return decorator
+
+
+def resolve_block_criterion(block_criterion: Any, criterion_name: str) -> tuple[BlockCriterion, str]:
+    """The block criterion for ``block_criterion`` (a name, a callable, or ``None``: the one named like
+    the unit criterion, else ``"snr"``)."""
+    if block_criterion is None:
+        block_criterion = criterion_name if criterion_name in BLOCK_CRITERIA else "snr"
+    if isinstance(block_criterion, str):
+        if block_criterion not in BLOCK_CRITERIA:
+            raise ValueError(f"block_criterion must be one of {sorted(BLOCK_CRITERIA)} or a callable, got {block_criterion!r}")
+        return BLOCK_CRITERIA[block_criterion], block_criterion
+    if callable(block_criterion):
+        return block_criterion, getattr(block_criterion, "__name__", "callable")
+    raise TypeError(f"block_criterion must be a name in {sorted(BLOCK_CRITERIA)} or a callable, got {type(block_criterion).__name__}")
+
+
+@register_block_criterion("random")
+def random_block(ctx: BlockContext) -> float:
+    """A uniform random score from ``ctx.generator``."""
+    return float(torch.rand((), generator=ctx.generator))
+
+
+@register_block_criterion("snr")
+def snr_block(ctx: BlockContext) -> float:
+    """Mean |mu| / sigma over all Bayesian weights of the block."""
+    ratios = [(ctx.locs[k].abs() / ctx.scales[k]).reshape(-1) for k in ctx.locs]
+    return float(torch.cat(ratios).mean()) if ratios else 0.0
+
+
+@register_block_criterion("data", needs_probe=True)
+def data_block(ctx: BlockContext) -> float:
+    """``||f(x) - x||^2 / ||x||^2`` of the block on the probe data."""
+    if ctx.contribution is None:
+        raise DataError('block criterion "data" needs probe data: pass probe= to bd.align (inputs of the teacher)')
+    return float(ctx.contribution)

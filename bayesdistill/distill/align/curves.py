@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Union
 
@@ -213,6 +213,17 @@ class PruningCurve:
         return cls(**{k: copy.deepcopy(d[k]) for k in cls.__dataclass_fields__})
 
 
+def _first_input(data: Any) -> Any:
+    """A batch of two inputs of evaluation data (tensor, ``(x, y)``, Dataset or DataLoader)."""
+    from .driver import probe_inputs
+
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.TensorDataset):
+        first = data[0]
+        x = first[0] if isinstance(first, (tuple, list)) else first
+        return x.unsqueeze(0)
+    return probe_inputs(data)[:2]
+
+
 def pruning_curve(
     teacher: BNN,
     data: Any,
@@ -223,6 +234,7 @@ def pruning_curve(
     probe: Any = None,
     num_samples: int = 16,
     seed: int = 0,
+    architecture: Optional[Callable[[float], nn.Module]] = None,
 ) -> PruningCurve:
     """Test metrics of the teacher aligned to narrower copies of itself, without training.
 
@@ -244,6 +256,11 @@ def pruning_curve(
             otherwise (so the removal rule is ``"permutation"`` without them).
         num_samples: posterior draws of the predictive.
         seed: seeds the random criterion and the evaluation draws.
+        architecture: ``fraction -> network``, the narrowed architecture for networks
+            :func:`narrow` cannot rebuild (residual networks, Transformers: e.g.
+            ``lambda f: bd.models.resnet(10, widths=[round((1 - f) * w) for w in widths])``);
+            default :func:`narrow`. Those networks are aligned on their graph, traced on the
+            first input of ``data``.
 
     Returns:
         A :class:`PruningCurve` (``curve.values``: accuracy or RMSE per fraction, as
@@ -266,15 +283,16 @@ def pruning_curve(
         what = "compensation=True" if compensation else f"criterion={name!r}"
         raise DataError(f"pruning_curve: {what} needs probe= (inputs of the teacher, e.g. its training inputs)")
     metric = "accuracy" if isinstance(teacher.likelihood, Categorical) else "rmse"
+    example = _first_input(data) if architecture is not None else None
     rows = []
     for f in fracs:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the narrowed net's (unused) initialization
-            student_net = narrow(teacher.net, f)
+            student_net = narrow(teacher.net, f) if architecture is None else architecture(f)
         plan = align(teacher, student_net, criterion=criterion, probe=probe if needs_probe else None,
-                     compensation=bool(compensation), seed=seed)
+                     compensation=bool(compensation), seed=seed, example=example)
         scores = evaluate(aligned_network(teacher, student_net, plan), data, num_samples=num_samples, seed=seed)
-        units = [L.out_units for L in parse_chain(student_net).layers[:-1]]
+        units = [int(L["student_units"]) for L in plan.layers if not L["removed"]][:-1]  # hidden widths
         rows.append((f, float(scores[metric]), float(scores["nll"]), units, plan.output_error))
     fraction, values, nll, units, errors = (list(col) for col in zip(*rows))
     return PruningCurve(criterion=name, compensation=bool(compensation), metric=metric, fraction=fraction,

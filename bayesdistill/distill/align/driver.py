@@ -20,7 +20,7 @@ The steps of :func:`align`:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -31,9 +31,10 @@ from ...bnn.network import BNN
 from ...bnn.posterior import MeanFieldPosterior
 from ...errors import DataError
 from .chain import Chain, Layer, parse_chain
-from .criteria import Criterion, UnitContext, criterion_needs_probe, resolve_criterion
+from .criteria import Criterion, UnitContext, criterion_needs_probe, resolve_block_criterion, resolve_criterion
 from .editor import PosteriorEditor, relative_error
-from .feasibility import check_alignable
+from .feasibility import _is_chain, check_alignable
+from .graph_driver import GraphSettings, align_graph
 from .plan import AlignmentPlan, Edit, Fold, Refit, Restrict, geometry_of
 from .removal import Removal, choose_removals, embed_tap, relative_residual, resolve_removal
 
@@ -52,6 +53,9 @@ def align(
     step: float = 0.25,
     seed: int = 0,
     max_probe: int = 2048,
+    example: Any = None,
+    block_criterion: Union[str, Callable, None] = None,
+    progress: bool = False,
 ) -> AlignmentPlan:
     """Align a trained teacher to a student architecture (Grabovoy & Strijov, 2021).
 
@@ -77,6 +81,21 @@ def align(
             (1.0 = one shot).
         seed: seeds the ``"random"`` criterion.
         max_probe: at most this many probe inputs are used (the first ones).
+        example: one input batch of the teacher, for networks that are not chains when no
+            ``probe`` is given (their computation graph is traced on it).
+        block_criterion: on the graph path, how the residual blocks (Transformer layers) to
+            remove are chosen: a name in :data:`BLOCK_CRITERIA` (default: the one named like
+            ``criterion``, else ``"snr"``) or a callable ``BlockContext -> score`` (lowest goes).
+        progress: show a progress bar over the steps of the graph path.
+
+    Networks that are not chains (residual networks, Transformers, anything with a skip
+    connection) are aligned on their computation graph (:mod:`.graph`, :mod:`.graph_driver`):
+    the student then has the teacher's module tree with fewer blocks per stage and fewer
+    channels, heads or feed-forward units (docs/real-networks.md says exactly which students
+    are reachable). There ``removal`` is ``"auto"``, ``"identity"`` (a removed block becomes the
+    identity) or ``"refit"`` (and the layers reading its stream are re-fitted on the probe data;
+    ``"auto"`` with probe data), ``remove=`` names blocks, and compensation re-fits the layers
+    that read each narrowed group, once, after all removals.
 
     Defaults that depend on the probe data (the only ones): with ``probe`` given,
     ``compensation=None`` means ``True`` and ``removal="auto"`` means ``"refit"``; without it,
@@ -98,6 +117,10 @@ def align(
     """
     score_fn, criterion_name = _check_settings(teacher, criterion, removal, step)
     student_net = student.net if isinstance(student, BNN) else student
+    graph_example = _graph_example(teacher.net, student_net, probe, example)
+    if graph_example is not None:
+        return _align_graph(teacher, student, graph_example, probe, max_probe, score_fn, criterion_name,
+                            block_criterion, compensation, removal, remove, step, seed, progress)
     check_alignable(teacher.net, student_net)
     x = _probe_batch(teacher, probe, max_probe)
     compensation = x is not None if compensation is None else bool(compensation)
@@ -120,6 +143,43 @@ def align(
     plan.aligned = run.editor.export(plan.param_map, plan.student_shapes)
     plan.source = MeanFieldPosterior({k: v.clone() for k, v in q.locs.items()}, {k: v.clone() for k, v in q.scales.items()})
     return plan
+
+
+# ----------------------------------------------------------------------------- the graph path
+def _graph_example(teacher: nn.Module, student: nn.Module, probe: Any, example: Any) -> Any:
+    """One input batch when the networks are aligned on their graph (not both chains), else ``None``.
+
+    Without probe data or ``example=`` the chain path runs (and names what is not a chain)."""
+    if _is_chain(teacher) and _is_chain(student):
+        return None
+    if example is not None:
+        return example
+    x = probe_inputs(probe)
+    return None if x is None else x[:2]
+
+
+def _align_graph(teacher: BNN, student: Any, example: Any, probe: Any, max_probe: int, score_fn: Criterion,
+                 criterion_name: str, block_criterion: Any, compensation: Optional[bool], removal: Any,
+                 remove: Optional[Sequence[str]], step: float, seed: int, progress: bool) -> AlignmentPlan:
+    block_fn, block_name = resolve_block_criterion(block_criterion, criterion_name)
+    if not (removal in ("auto", "identity", "refit")):
+        raise ValueError(
+            f"removal={removal!r}: on networks that are not chains, residual blocks are removed as the identity; "
+            "removal must be 'auto', 'identity' or 'refit' (re-fit the layers reading the block's stream)"
+        )
+    example = tuple(t.to(teacher.loc.device) for t in example) if isinstance(example, tuple) else example.to(teacher.loc.device)
+    x = _probe_batch(teacher, probe, max_probe)
+    compensation = x is not None if compensation is None else bool(compensation)
+    refit_blocks = removal == "refit" or (removal == "auto" and x is not None and compensation)
+    needs = [why for why, need in (
+        (f"criterion={criterion_name!r}", criterion_needs_probe(score_fn)),
+        (f"block_criterion={block_name!r}", bool(getattr(block_fn, "needs_probe", False))),
+        ("compensation=True", compensation), ("removal='refit'", removal == "refit")) if need]
+    if needs and x is None:
+        raise DataError(f"{', '.join(needs)} needs probe data: pass probe= (teacher inputs) to bd.align")
+    settings = GraphSettings(score_fn, criterion_name, block_fn, block_name, compensation, refit_blocks, step, seed,
+                             tuple(remove) if remove is not None else None, progress)
+    return align_graph(teacher, student, example, x, settings)
 
 
 # ----------------------------------------------------------------------------- steps 1-2

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from ...errors import ShapeMismatchError
+from ...errors import ShapeMismatchError, UnsupportedLayerError
 from .chain import Chain, Layer, parse_chain
 
 __all__ = ["check_alignable", "check_chains", "removable", "layer_mismatch"]
@@ -37,12 +37,16 @@ def _network(model: Any) -> nn.Module:
     return net
 
 
-def check_alignable(teacher: Any, student: Any) -> None:
+def check_alignable(teacher: Any, student: Any, example: Any = None) -> None:
     """Raise :class:`~bayesdistill.ShapeMismatchError` if ``student`` cannot be aligned from ``teacher``.
 
     Args:
         teacher, student: networks (``nn.Module``) or :class:`~bayesdistill.BNN` s; chains of
-            Linear/Conv layers (see :func:`~bayesdistill.distill.parse_chain`).
+            Linear/Conv layers (see :func:`~bayesdistill.distill.parse_chain`), or with
+            ``example`` any networks alignment traces as graphs (residual networks, Transformers).
+        example: one input batch; networks that are not chains are checked on their
+            computation graph (:mod:`.graph_match`: fewer blocks per stage, fewer units per
+            channel group), which needs it.
 
     Raises:
         ShapeMismatchError: naming the layers and sizes: a deeper student, other input or output
@@ -50,7 +54,35 @@ def check_alignable(teacher: Any, student: Any) -> None:
             than every teacher layer it can come from.
         UnsupportedLayerError: a network that is not a chain alignment can edit (names the module).
     """
-    check_chains(parse_chain(_network(teacher), None, "teacher"), parse_chain(_network(student), None, "student"))
+    tnet, snet = _network(teacher), _network(student)
+    if example is not None and not (_is_chain(tnet) and _is_chain(snet)):
+        _check_graphs(teacher, student, example)
+        return
+    check_chains(parse_chain(tnet, None, "teacher"), parse_chain(snet, None, "student"))
+
+
+def _is_chain(net: nn.Module) -> bool:
+    """Whether ``net`` is a chain alignment edits layer by layer (else it is aligned as a graph)."""
+    if not isinstance(net, nn.Sequential):
+        return False
+    try:
+        parse_chain(net)
+    except UnsupportedLayerError:
+        return False
+    return True
+
+
+def _check_graphs(teacher: Any, student: Any, example: Any) -> None:
+    """The graph path's checks: trace both, count the blocks each stage loses, match the rest."""
+    from ...bnn.network import BNN
+    from .graph import materialize, trace_network
+    from .graph_match import check_stage_blocks, last_removable, match_graphs, stage_removals
+
+    nets = [materialize(m.net, m.posterior().locs) if isinstance(m, BNN) else m for m in (teacher, student)]
+    tgraph, sgraph = (trace_network(n, example, w) for n, w in zip(nets, ("teacher", "student")))
+    needs = stage_removals(nets[0], nets[1])
+    check_stage_blocks(tgraph, needs)
+    match_graphs(tgraph, sgraph, last_removable(tgraph, needs))
 
 
 def check_chains(teacher: Chain, student: Chain) -> None:

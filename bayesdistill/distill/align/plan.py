@@ -6,7 +6,13 @@ next layer's means re-fitted on probe data), the teacher's layer geometry
 (:class:`LayerGeometry`, enough to replay the edits on another posterior of the teacher's shapes
 without the teacher network), per-layer records for inspection and plots, and the aligned
 posterior of the teacher it was built from. ``save`` / ``load`` write and read it
-(``torch.save`` format, version 2; files of version 1 are read too).
+(``torch.save`` format, version 3; files of versions 1 and 2 are read too).
+
+A plan of the graph path (residual networks, Transformers) holds the edits
+:class:`RestrictGroup` (units of a channel group kept), :class:`RemoveBlock` (a residual block
+replaced by the identity) and :class:`RefitLayer` (a layer's means re-fitted on probe data), and
+the teacher's :class:`~.graph.GraphGeometry` (channel groups, blocks, tensor shapes) instead of
+the layer geometry; ``param_map`` then maps every teacher tensor to the student's.
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ from ..._io import atomic_write, read_torch_file
 from ...errors import FileFormatError, ShapeMismatchError
 from .chain import Chain, Layer
 from .editor import PosteriorEditor
+from .graph import GraphGeometry
+from .graph_editor import GraphEditor
 
-__all__ = ["AlignmentPlan", "Restrict", "Fold", "Refit", "Edit", "LayerGeometry", "PLAN_FORMAT", "PLAN_VERSION"]
+__all__ = ["AlignmentPlan", "Restrict", "Fold", "Refit", "RestrictGroup", "RemoveBlock", "RefitLayer", "Edit",
+           "LayerGeometry", "PLAN_FORMAT", "PLAN_VERSION"]
 
 PLAN_FORMAT = "bayesdistill.AlignmentPlan"
-PLAN_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+PLAN_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 
 
 # ----------------------------------------------------------------------------- typed edits
@@ -90,7 +99,53 @@ class Refit:
         return {"kind": self.kind, "layer": self.layer}
 
 
-Edit = Union[Restrict, Fold, Refit]
+@dataclass(frozen=True)
+class RestrictGroup:
+    """phi on a graph: keep units ``keep`` (current positions) of teacher channel group ``group``."""
+
+    group: int
+    keep: tuple[int, ...]
+    kind: ClassVar[str] = "restrict-group"
+    replayable: ClassVar[bool] = True
+
+    def replay(self, editor: GraphEditor) -> None:
+        editor.restrict(self.group, list(self.keep))
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "group": self.group, "keep": list(self.keep)}
+
+
+@dataclass(frozen=True)
+class RemoveBlock:
+    """psi on a graph: the teacher's residual block ``path`` replaced by the identity (zero branch)."""
+
+    path: str
+    kind: ClassVar[str] = "remove-block"
+    replayable: ClassVar[bool] = True
+
+    def replay(self, editor: GraphEditor) -> None:
+        editor.remove_block(self.path)
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.path}
+
+
+@dataclass(frozen=True)
+class RefitLayer:
+    """Compensation on a graph: the means of teacher layer ``path`` re-fitted on the probe data (not replayable)."""
+
+    path: str
+    kind: ClassVar[str] = "refit-layer"
+    replayable: ClassVar[bool] = False
+
+    def replay(self, editor: GraphEditor) -> None:
+        raise ValueError("a re-fit on probe data cannot be replayed on another posterior; run bd.align again")
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.path}
+
+
+Edit = Union[Restrict, Fold, Refit, RestrictGroup, RemoveBlock, RefitLayer]
 
 
 def _edit_from_state(d: dict[str, Any]) -> Edit:
@@ -101,6 +156,12 @@ def _edit_from_state(d: dict[str, Any]) -> Edit:
         return Fold(int(d["layer"]), d["mix"])
     if kind == "refit":
         return Refit(int(d["layer"]))
+    if kind == "restrict-group":
+        return RestrictGroup(int(d["group"]), tuple(int(i) for i in d["keep"]))
+    if kind == "remove-block":
+        return RemoveBlock(str(d["path"]))
+    if kind == "refit-layer":
+        return RefitLayer(str(d["path"]))
     raise ValueError(f"alignment plan: unknown edit kind {kind!r}")
 
 
@@ -210,13 +271,17 @@ class AlignmentPlan:
         criterion, removal, compensation, step: the settings that produced the plan.
         teacher_shapes, student_shapes: parameter name -> shape.
         param_map: teacher parameter name -> student parameter name.
-        edits: the typed edits in order (:class:`Restrict`, :class:`Fold`, :class:`Refit`),
+        edits: the typed edits in order (:class:`Restrict`, :class:`Fold`, :class:`Refit`; on the
+            graph path :class:`RestrictGroup`, :class:`RemoveBlock`, :class:`RefitLayer`),
             replayed by :meth:`apply` on another posterior.
-        geometry: the teacher's layers (:class:`LayerGeometry`), for the replay.
+        geometry: the teacher's layers (:class:`LayerGeometry`), or on the graph path its
+            :class:`~.graph.GraphGeometry`, for the replay.
         aligned: the aligned posterior (student names) of the posterior the plan was built from;
             ``source`` that posterior.
         output_error: relative error of the pruned teacher's outputs vs the full teacher's on the
             probe data (``None`` without probe data).
+        student_points: on the graph path, the shapes of the student's other tensors
+            (normalization statistics, point estimates), name -> shape, checked on replay.
     """
 
     layers: list[dict[str, Any]]
@@ -228,10 +293,11 @@ class AlignmentPlan:
     student_shapes: dict[str, list[int]]
     param_map: dict[str, str]
     edits: list[Edit] = field(default_factory=list)
-    geometry: Optional[tuple[LayerGeometry, ...]] = None
+    geometry: Union[tuple[LayerGeometry, ...], GraphGeometry, None] = None
     aligned: Optional[MeanFieldPosterior] = None
     source: Optional[MeanFieldPosterior] = None
     output_error: Optional[float] = None
+    student_points: dict[str, list[int]] = field(default_factory=dict)
 
     # -- inspection ---------------------------------------------------------------------------
     @property
@@ -241,14 +307,15 @@ class AlignmentPlan:
     def summary(self) -> str:
         """A table: per teacher layer, width teacher -> student, removal, reconstruction error."""
         lines = [f"AlignmentPlan (criterion={self.criterion}, removal={self.removal}, compensation={self.compensation})"]
-        lines.append(f"{'teacher':<14}{'student':<14}{'kind':<8}{'units':>14}  {'removed':<8}{'residual':>10}{'recon':>16}")
+        w = max([14] + [len(str(L[k])) + 2 for L in self.layers for k in ("teacher", "student")])
+        lines.append(f"{'teacher':<{w}}{'student':<{w}}{'kind':<9}{'units':>14}  {'removed':<8}{'residual':>10}{'recon':>16}")
         for L in self.layers:
             err = L.get("error")
             recon = f"{err['restricted']:.3f}->{err['compensated']:.3f}" if err else "-"
             res = f"{L['residual']:.3f}" if L["residual"] is not None else "-"
             units = f"{L['teacher_units']} -> {L['student_units'] if not L['removed'] else 0}"
             lines.append(
-                f"{L['teacher']:<14}{str(L['student']):<14}{L['kind']:<8}{units:>14}  "
+                f"{L['teacher']:<{w}}{str(L['student']):<{w}}{L['kind']:<9}{units:>14}  "
                 f"{'yes' if L['removed'] else 'no':<8}{res:>10}{recon:>16}"
             )
         if self.output_error is not None:
@@ -287,6 +354,11 @@ class AlignmentPlan:
             )
         if self.geometry is None:
             raise ValueError("this plan does not carry its teacher's geometry; rebuild it with bd.align")
+        if isinstance(self.geometry, GraphGeometry):
+            graph = GraphEditor(self.geometry, q)
+            for edit in self.edits:
+                edit.replay(graph)
+            return graph.export(self.param_map, {**self.student_shapes, **self.student_points})
         editor = PosteriorEditor(Chain([], [g.to_layer(i) for i, g in enumerate(self.geometry)]), q)
         for edit in self.edits:
             edit.replay(editor)
@@ -318,7 +390,8 @@ class AlignmentPlan:
             "student_shapes": self.student_shapes,
             "param_map": self.param_map,
             "edits": [e.state() for e in self.edits],
-            "geometry": [g.state() for g in self.geometry] if self.geometry is not None else None,
+            "geometry": _geometry_state(self.geometry),
+            "student_points": self.student_points,
             "aligned": self.aligned.state() if self.aligned is not None else None,
             "source": self.source.state() if self.source is not None else None,
             "output_error": self.output_error,
@@ -345,10 +418,10 @@ class AlignmentPlan:
             layers=state["layers"], criterion=state["criterion"], removal=state["removal"],
             compensation=state["compensation"], step=state["step"], teacher_shapes=state["teacher_shapes"],
             student_shapes=state["student_shapes"], param_map=state["param_map"], edits=edits,
-            geometry=tuple(LayerGeometry.from_state(d) for d in geometry) if geometry is not None else None,
+            geometry=_geometry_from_state(geometry),
             aligned=MeanFieldPosterior.from_state(state["aligned"]) if state["aligned"] is not None else None,
             source=MeanFieldPosterior.from_state(state["source"]) if state.get("source") is not None else None,
-            output_error=state["output_error"],
+            output_error=state["output_error"], student_points=dict(state.get("student_points") or {}),
         )
 
     def save(self, path: Union[str, Path]) -> Path:
@@ -374,6 +447,22 @@ class AlignmentPlan:
         if path is not None:
             atomic_write(path, lambda fh: fh.write(text), binary=False)
         return text
+
+
+def _geometry_state(geometry: Any) -> Any:
+    if geometry is None:
+        return None
+    if isinstance(geometry, GraphGeometry):
+        return geometry.state()
+    return [g.state() for g in geometry]
+
+
+def _geometry_from_state(state: Any) -> Any:
+    if state is None:
+        return None
+    if isinstance(state, dict) and state.get("kind") == "graph":
+        return GraphGeometry.from_state(state)
+    return tuple(LayerGeometry.from_state(d) for d in state)
 
 
 def same_posterior(q: MeanFieldPosterior, source: MeanFieldPosterior, rtol: float = 1e-4, atol: float = 1e-6) -> bool:

@@ -10,6 +10,23 @@ Any ``nn.Module`` works with :class:`~bayesdistill.BNN`; these are the defaults 
 - ``"cnn-deep"``: the same with one more length-preserving ``Conv1d(32, 32, 3)`` (a teacher
   for distillation); ``"cnn-small"``: ``"cnn"`` with 16 channels (its student: narrower and
   one layer shallower).
+
+The reference architectures of knowledge distillation, for images ``[B, C, H, W]`` (32x32 CIFAR
+stems; ``input_shape = (C, H, W)``):
+
+- ``"resnet18"`` / ``"resnet10"``: :func:`~bayesdistill.models.resnet.resnet` with 2 / 1
+  :class:`~bayesdistill.models.resnet.BasicBlock` per stage, widths 64-128-256-512 (keyword
+  ``widths=`` for a narrower one);
+- ``"resnet8"``, ``"resnet14"``, ``"resnet20"``, ``"resnet32"``, ``"resnet44"``, ``"resnet56"``,
+  ``"resnet110"`` (widths 16-16-32-64) and ``"resnet8x4"``, ``"resnet32x4"`` (32-64-128-256):
+  :func:`~bayesdistill.models.resnet.cifar_resnet`, the CRD benchmark's CIFAR ResNets;
+- ``"wrn-16-1"``, ``"wrn-16-2"``, ``"wrn-40-1"``, ``"wrn-40-2"``: pre-activation WideResNets
+  (:class:`~bayesdistill.models.resnet.WideResNet`);
+- ``"mobilenetv2"`` and ``"mobile-half"`` (width 0.5): :class:`~bayesdistill.models.mobilenet.MobileNetV2`,
+  depthwise convolutions;
+
+and for sequences, ``"transformer"``: :class:`~bayesdistill.models.transformer.TransformerClassifier`
+(``input_shape = (L,)``: token ids, needs ``vocab_size=``; ``(L, F)``: feature vectors).
 """
 
 from __future__ import annotations
@@ -19,7 +36,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["mlp", "cnn1d", "build", "available", "Unsqueeze"]
+from .mobilenet import MobileNetV2, mobilenetv2
+from .resnet import ResNet, WideResNet, cifar_resnet, resnet, wide_resnet
+from .transformer import EncoderLayer, SelfAttention, TransformerClassifier, transformer
+
+__all__ = ["mlp", "cnn1d", "build", "available", "Unsqueeze", "resnet", "cifar_resnet", "wide_resnet", "mobilenetv2",
+           "transformer", "ResNet", "WideResNet", "MobileNetV2", "TransformerClassifier", "EncoderLayer",
+           "SelfAttention"]
 
 
 class Unsqueeze(nn.Module):
@@ -75,6 +98,42 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     ),
     "cnn-small": lambda input_shape, output_dim, **kw: cnn1d(int(input_shape[-1]), output_dim, **{"channels": 16, **kw}),
 }
+
+
+def _image_channels(name: str, input_shape: Sequence[int]) -> int:
+    if len(input_shape) != 3:
+        raise ValueError(f"model {name!r} takes images: input_shape must be (channels, height, width), got {tuple(input_shape)}")
+    return int(input_shape[0])
+
+
+def _image(name: str, factory: Callable[..., nn.Module], **defaults) -> Callable[..., nn.Module]:
+    def build_image(input_shape, output_dim, **kw):
+        return factory(num_classes=output_dim, in_channels=_image_channels(name, input_shape), **{**defaults, **kw})
+
+    return build_image
+
+
+def _transformer(input_shape: Sequence[int], output_dim: int, **kw) -> nn.Module:
+    if len(input_shape) == 1:
+        if "vocab_size" not in kw:
+            raise ValueError("model 'transformer' on token ids (input_shape (L,)) needs vocab_size=")
+        return transformer(output_dim, int(input_shape[0]), **kw)
+    if len(input_shape) == 2:
+        return transformer(output_dim, int(input_shape[0]), input_dim=int(input_shape[1]), **kw)
+    raise ValueError(f"model 'transformer' takes (L,) token ids or (L, F) features, got input_shape {tuple(input_shape)}")
+
+
+_REGISTRY.update({
+    "resnet18": _image("resnet18", resnet, blocks=(2, 2, 2, 2)),
+    "resnet10": _image("resnet10", resnet, blocks=(1, 1, 1, 1)),
+    **{f"resnet{d}": _image(f"resnet{d}", cifar_resnet, depth=d) for d in (8, 14, 20, 32, 44, 56, 110)},
+    "resnet8x4": _image("resnet8x4", cifar_resnet, depth=8, widths=(32, 64, 128, 256)),
+    "resnet32x4": _image("resnet32x4", cifar_resnet, depth=32, widths=(32, 64, 128, 256)),
+    **{f"wrn-{d}-{k}": _image(f"wrn-{d}-{k}", wide_resnet, depth=d, k=k) for d in (16, 40) for k in (1, 2)},
+    "mobilenetv2": _image("mobilenetv2", mobilenetv2),
+    "mobile-half": _image("mobile-half", mobilenetv2, width=0.5),
+    "transformer": _transformer,
+})
 
 
 def available() -> list[str]:
