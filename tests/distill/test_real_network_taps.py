@@ -28,9 +28,9 @@ def test_terms_on_resnet_stages_with_other_widths_and_spatial_sizes():
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
     vid = VID(teacher, {"layer1": "layer1", "layer2": "layer2"})
     hint = Hint(teacher, {"layer2": "layer1"})  # a 8x8 student map against the teacher's 4x4
-    pkt = PKT(teacher, "layer2:pool", "layer2")
+    pkt = PKT(teacher, {"layer2": "layer2:pool"})
     result = _fit(student, x, y, [vid, hint, pkt])
-    assert _finite(result.history, "distill/vid/loss", "distill/hint/loss", "distill/pkt.layer2:pool/loss")
+    assert _finite(result.history, "distill/vid/loss", "distill/hint/loss", "distill/pkt/loss")
     assert vid.variance(0).shape == (8,) and vid.variance(1).shape == (12,)  # one variance per teacher channel
     proj = hint.proj["0"].net
     assert isinstance(proj, nn.Conv2d) and (proj.in_channels, proj.out_channels) == (6, 12)
@@ -45,9 +45,9 @@ def test_terms_on_transformer_layers_read_sequences_through_views():
     # ":seq" presents [B, L, D] as [B, D, L]: channels are the model dimensions, positions the spatial axis
     vid = VID(teacher, {"layers.3:seq": "layers.1:seq"})
     hint = Hint(teacher, {"layers.1:seq": "layers.0:seq"})
-    pkt = PKT(teacher, "layers.1:seq:pool", "layers.3:seq:pool")  # the mean token of each
+    pkt = PKT(teacher, {"layers.3:seq:pool": "layers.1:seq:pool"})  # the mean token of each
     result = _fit(student, x, y, [vid, hint, pkt])
-    assert _finite(result.history, "distill/vid/loss", "distill/hint/loss", "distill/pkt.layers.1:seq:pool/loss")
+    assert _finite(result.history, "distill/vid/loss", "distill/hint/loss", "distill/pkt/loss")
     assert vid.variance(0).shape == (8,)  # per teacher model dimension, not per position
     proj = hint.proj["0"].net
     assert isinstance(proj, nn.Conv1d) and (proj.in_channels, proj.out_channels) == (4, 8)
