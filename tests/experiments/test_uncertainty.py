@@ -183,3 +183,20 @@ def test_score_networks_is_one_stage(teacher: TeacherResult, capsys: pytest.Capt
     assert capsys.readouterr().err.startswith("job [1/1] OOD detection against 1 OOD sets (noise) and selective "
                                               "prediction of 2 networks (2 posterior draws) ...")
     assert score_networks(None, stages, {"a": teacher.bnn}, None) == {"a": None}
+
+
+def test_kept_is_none_where_the_teacher_is_at_chance() -> None:
+    from bayesdistill.experiments.uncertainty import with_kept
+
+    def result(mean: dict, area: float) -> UncertaintyResult:
+        return UncertaintyResult(True, "s", kinds=["noise"], scores=list(mean), mean_auroc=mean, selective_area=area,
+                                 coverage=0.9, accuracy_at_coverage=area)
+
+    teacher = result({"entropy": 0.75, "mutual_information": 0.5}, 0.8)  # a point estimate: MI AUROC 0.5 exactly
+    student = with_kept(result({"entropy": 0.625, "mutual_information": 0.6}, 0.4), teacher)
+    assert student.kept["auroc"] == {"entropy": 0.5, "mutual_information": None}
+    assert student.kept["selective_area"] == 0.5
+    rows = reports.uncertainty_rows(student.to_dict(), placeholders=True)
+    assert rows["kept AUROC entropy"] == 0.5 and rows["kept AUROC MI"] == "-"
+    assert "kept AUROC MI" not in reports.uncertainty_rows(student.to_dict())
+    assert with_kept(None, teacher) is None and with_kept(teacher, None).kept is None
