@@ -178,6 +178,10 @@ def _add_run_options(p: argparse.ArgumentParser, *, seed: bool = True, num_sampl
     p.add_argument("--config", type=Path, default=None, metavar="TOML",
                    help="read options from a run-configuration file; flags given here override it" + _NO_DEFAULT)
     p.add_argument("--quiet", action="store_true", help="no progress bar, stage counter or messages")
+    p.add_argument("--no-ood", dest="ood", action="store_false",
+                   help="skip every network's OOD detection (AUROC against the data set's transformed test inputs) "
+                   "and selective prediction, which cost a predictive pass over the test set and one per OOD set "
+                   "(default: computed, for classifiers on mnist1d and digits)" + _NO_DEFAULT)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks for errors")
 
 
@@ -236,7 +240,8 @@ def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a saved model on a dataset's test split",
                        description="Rebuild the network saved by 'bayesdistill fit' or 'distill' (model.pt, "
                        "posterior.pt or the run folder) and print its test-set metrics (posterior predictive "
-                       "averaged over --num-samples draws).",
+                       "averaged over --num-samples draws), its OOD detection against the data set's transformed "
+                       "test inputs and its selective prediction (--no-ood: the test metrics only).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--posterior", "--model-file", dest="posterior", type=Path, required=True,
                    help="model.pt or posterior.pt written by fit or distill, or their run folder")
@@ -352,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- handlers
 def _run(args: argparse.Namespace, **changes: Any) -> ex.RunSettings:
     values = {k: getattr(args, k) for k in ("seed", "device", "num_samples", "monitor", "quiet", "threads",
-                                            "allow_imports", "overwrite") if hasattr(args, k)}
+                                            "allow_imports", "overwrite", "ood") if hasattr(args, k)}
     return ex.RunSettings(**{**values, **changes})
 
 
@@ -377,7 +382,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = ex.evaluate_model(args.posterior, dataset=args.dataset, dataset_kwargs=args.dataset_kwargs,
                                num_samples=args.num_samples, seed=args.seed, device=args.device,
-                               threads=args.threads, allow_imports=args.allow_imports)
+                               threads=args.threads, allow_imports=args.allow_imports, ood=args.ood)
     print(json.dumps(result.to_dict(), indent=2) if args.json else reports.evaluation_summary(result))
     return 0
 

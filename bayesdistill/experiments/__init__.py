@@ -5,11 +5,13 @@ import them directly.
 
 - :mod:`.recipes`: the defaults as frozen dataclasses (:class:`TeacherRecipe`,
   :class:`DistillRecipe`, :class:`FunctionSpaceRecipe`, :class:`DemoRecipe` and
-  :data:`QUICK_DEMO`, :class:`RunSettings`);
+  :data:`QUICK_DEMO`, :class:`UncertaintyRecipe`, :class:`RunSettings`);
 - the pipelines: :func:`fit_teacher` -> :class:`TeacherResult`, :func:`distill` ->
   :class:`DistillResult`, :func:`function_space` -> :class:`FunctionSpaceResult`, :func:`demo` ->
   :class:`DemoResult`, :func:`evaluate_model` -> :class:`EvaluationResult` (each ``to_dict()`` is
   the run's ``metrics.json``); under ``torchrun`` every process computes and rank 0 writes;
+- :mod:`.uncertainty`: every evaluated network's OOD detection and selective prediction
+  (:class:`UncertaintyResult`, the ``uncertainty`` entry next to its test metrics);
 - :mod:`.reports`: console tables and the demo's Markdown report, from a run's numbers only;
 - :mod:`.model_file`: the saved model (``bayesdistill.Model`` v1): :func:`save_model`,
   :func:`load_model` (a ready ``BNN``), :func:`read_model_file`;
@@ -18,7 +20,7 @@ import them directly.
   :mod:`.progress`: the stage counter; :mod:`.runs`: devices, run folders, threads, processes.
 """
 
-from . import config, factories, progress, recipes, reports, runs
+from . import config, factories, progress, recipes, reports, runs, uncertainty
 from .config import ConfigError, read_config
 from .demo import DemoResult, demo
 from .distill import DistillResult, TeacherSummary, TrainedStudent, distill
@@ -38,12 +40,15 @@ from .recipes import (
     QuickSettings,
     RunSettings,
     TeacherRecipe,
+    UncertaintyRecipe,
 )
 from .runs import ExperimentError, is_main
 from .teacher import TeacherResult, fit_teacher
+from .uncertainty import UncertaintyResult
 
 __all__ = [
     "TeacherRecipe", "DistillRecipe", "FunctionSpaceRecipe", "DemoRecipe", "QuickSettings", "RunSettings",
+    "UncertaintyRecipe", "UncertaintyResult",
     "DEMO", "QUICK", "QUICK_DEMO", "PRIOR_METHOD",
     "fit_teacher", "TeacherResult", "distill", "DistillResult", "TeacherSummary", "TrainedStudent",
     "function_space", "FunctionSpaceResult", "FunctionSpaceStudent", "demo", "DemoResult",
@@ -51,5 +56,5 @@ __all__ = [
     "save_model", "load_model", "read_model_file", "ModelFile", "Architecture",
     "build_model", "load_dataset", "ImportNotAllowedError", "FactoryError", "ConfigError", "read_config",
     "ExperimentError", "Stages", "is_main",
-    "config", "factories", "progress", "recipes", "reports", "runs",
+    "config", "factories", "progress", "recipes", "reports", "runs", "uncertainty",
 ]

@@ -3,7 +3,9 @@
 Into ``out``: ``teacher/`` (:func:`~bayesdistill.experiments.fit_teacher`), ``student/``
 (:func:`~bayesdistill.experiments.distill` with the aligned teacher prior), ``function-space/``
 (:func:`~bayesdistill.experiments.function_space`) and ``report.md``, written from the numbers of
-this run alone (:func:`~bayesdistill.experiments.reports.demo_report`).
+this run alone (:func:`~bayesdistill.experiments.reports.demo_report`). Unless ``run.ood`` is
+false, every network's OOD detection and selective prediction (``recipe.uncertainty``) is in
+its stage's ``metrics.json`` and in the report's "Does the student know what it does not know?".
 """
 
 from __future__ import annotations
@@ -61,13 +63,16 @@ def demo(out: Union[str, os.PathLike] = "bayesdistill-demo", recipe: DemoRecipe 
     with torch_threads(run.threads):
         with stages(f"the teacher: {recipe.teacher_model} on {recipe.dataset}"):
             teacher = fit_teacher(out / "teacher", recipe.teacher, dataset=recipe.dataset, model=recipe.teacher_model,
-                                  train_fraction=recipe.teacher_fraction, run=replace(run, monitor=True))
+                                  train_fraction=recipe.teacher_fraction, uncertainty=recipe.uncertainty,
+                                  run=replace(run, monitor=True))
         teacher_file = out / "teacher" / MODEL_FILE_NAME
         with stages(f"the Bayesian student: {recipe.student} on a fraction of the data"):
             student = distill(out / "student", teacher_file, recipe.student, recipe.distill, dataset=recipe.dataset,
-                              train_fraction=recipe.student_fraction, run=replace(run, monitor=True))
+                              train_fraction=recipe.student_fraction, uncertainty=recipe.uncertainty,
+                              run=replace(run, monitor=True))
         with stages(f"the function-space students: {recipe.function_space.student}"):
-            fs = function_space(out / "function-space", teacher_file, recipe.function_space, run=run)
+            fs = function_space(out / "function-space", teacher_file, recipe.function_space,
+                                uncertainty=recipe.uncertainty, run=run)
         result = DemoResult(recipe, teacher, student, fs, out / REPORT_NAME)
         with stages("the report"):
             if is_main():

@@ -15,7 +15,10 @@ objective. The same student with a Normal(0, 1) prior and no terms is trained as
 Writes (rank 0 only) ``metrics.json``, ``model.pt`` and ``posterior.pt`` (the distilled student),
 ``history.csv`` / ``plain_history.csv``, ``elbo.png``, ``cosine_distances.png``; with ``prior``
 ``plan.json``, ``plan.pt``, ``alignment.png``, ``pruning_curve.png``; with VID ``vid_bounds.png``;
-with ``run.monitor`` ``students.png``.
+with ``run.monitor`` ``students.png``. Unless ``run.ood`` is false, every network (teacher,
+aligned, distilled, plain) also gets its OOD detection and selective prediction (``uncertainty``
+next to its ``test`` metrics; the students' ``kept`` share of the teacher's AUROC;
+:mod:`bayesdistill.experiments.uncertainty`), drawn in ``ood_roc.png`` and ``selective.png``.
 """
 
 from __future__ import annotations
@@ -42,39 +45,50 @@ from .factories import (architecture_kwargs, build_model, check_dataset_name, ch
                         load_dataset)
 from .model_file import MODEL_FILE_NAME, POSTERIOR_FILE_NAME, ModelFile, save_model
 from .progress import Stages
-from .recipes import PRIOR_METHOD, PRUNING_PLOT_FRACTIONS, PRUNING_PLOT_MAX_PROBE, DistillRecipe, RunSettings
+from .recipes import (PRIOR_METHOD, PRUNING_PLOT_FRACTIONS, PRUNING_PLOT_MAX_PROBE, DistillRecipe, RunSettings,
+                      UncertaintyRecipe)
 from .results import Result, live
 from .runs import (ExperimentError, barrier, check_run_folder, clear_artefacts, environment, is_main,
                    resolve_device, torch_threads, write_json)
 from .steps import (check_fits, fit_summary, has_term_metric, likelihood_for, likelihood_name, load_teacher,
                     lr_schedule, probe_inputs, teacher_dataset, term_summary, write_history)
+from .uncertainty import (UncertaintyResult, UncertaintyStep, roc_figure, score_networks, selective_figure,
+                          uncertainty_step, with_kept)
 
 __all__ = ["DistillResult", "TrainedStudent", "TeacherSummary", "distill", "DISTILL_ARTEFACTS", "default_pairs"]
 
 DISTILL_ARTEFACTS = ("metrics.json", MODEL_FILE_NAME, POSTERIOR_FILE_NAME, "plan.json", "plan.pt", "history.csv",
                      "plain_history.csv", "elbo.png", "vid_bounds.png", "students.png", "cosine_distances.png",
-                     "alignment.png", "pruning_curve.png")
+                     "alignment.png", "pruning_curve.png", "ood_roc.png", "selective.png")
+
+#: The networks' names in the uncertainty figures.
+NETWORK_LABELS = {"teacher": "teacher", "aligned": "aligned, untrained", "distilled": "distilled", "plain": "plain"}
 
 
 @dataclass
 class TeacherSummary(Result):
-    """The teacher of a distillation run: its file, architecture, size and test metrics."""
+    """The teacher of a distillation run: its file, architecture, size, test metrics and
+    OOD detection / selective prediction (``None`` with ``run.ood`` false)."""
 
     posterior: str
     model: str
     num_weights: int
     test: dict[str, Any]
+    uncertainty: Optional[UncertaintyResult] = None
 
 
 @dataclass
 class TrainedStudent(Result):
-    """One trained student: test metrics, size, last training ELBO terms, epochs and time."""
+    """One trained student: test metrics, size, last training ELBO terms, epochs and time, OOD
+    detection and selective prediction with the share of the teacher's it keeps (``None`` with
+    ``run.ood`` false)."""
 
     test: dict[str, Any]
     num_weights: int
     train: dict[str, float]
     epochs_trained: int
     train_time_s: float
+    uncertainty: Optional[UncertaintyResult] = None
 
 
 @dataclass
@@ -137,6 +151,7 @@ class _Setup:
     student_net: torch.nn.Module
     pairs: Optional[dict[str, str]]
     transfer: Optional[int]
+    uncertainty: Optional[UncertaintyStep] = None
 
     @property
     def use_prior(self) -> bool:
@@ -185,7 +200,7 @@ def _check_alignable(s: _Setup) -> None:
 def _prepare(teacher: Any, student: str, methods: Sequence[str], dataset: Optional[str],
              student_kwargs: Optional[Mapping[str, Any]], channels: Optional[int], hidden: Any,
              dataset_kwargs: Optional[Mapping[str, Any]], train_fraction: float, transfer: Optional[int],
-             pairs: Optional[Mapping[str, str]], run: RunSettings) -> _Setup:
+             pairs: Optional[Mapping[str, str]], uncertainty: UncertaintyRecipe, run: RunSettings) -> _Setup:
     device = resolve_device(run.device)
     teacher_bnn, mf = load_teacher(teacher, device, run.allow_imports)
     name = teacher_dataset(mf, dataset, str(teacher))
@@ -214,6 +229,8 @@ def _prepare(teacher: Any, student: str, methods: Sequence[str], dataset: Option
         FeatureTaps(net, list(s.pairs.values()), "student")
     if s.use_prior:
         _check_alignable(s)
+    s.uncertainty = uncertainty_step(s.dataset, data.task, uncertainty, enabled=run.ood,
+                                     num_samples=run.num_samples, seed=run.seed)
     return s
 
 
@@ -296,17 +313,26 @@ def _train(s: _Setup, distilled: BNN, plain: BNN, terms: list[Any], recipe: Dist
     return res_distilled, res_plain
 
 
-def _evaluate(s: _Setup, plan: Optional[AlignmentPlan], distilled: BNN, plain: BNN,
-              run: RunSettings) -> dict[str, dict[str, Any]]:
+def _networks(s: _Setup, plan: Optional[AlignmentPlan], distilled: BNN, plain: BNN) -> dict[str, BNN]:
+    """The networks a run evaluates: teacher, the aligned teacher (with ``prior``), distilled, plain."""
+    nets = {"teacher": s.teacher}
+    if plan is not None:
+        nets["aligned"] = aligned_network(s.teacher, s.student_net, plan)
+    nets["distilled"], nets["plain"] = distilled, plain
+    return nets
+
+
+def _evaluate(s: _Setup, networks: Mapping[str, BNN], run: RunSettings) -> dict[str, dict[str, Any]]:
     """Test metrics of teacher, aligned teacher, distilled and plain student (the distilled one
     as its files hold it: load the posterior that is saved before calling this)."""
-    ev = dict(num_samples=run.num_samples, seed=run.seed)
-    results = {"teacher": evaluate(s.teacher, s.data.test, **ev)}
-    if plan is not None:
-        results["aligned"] = evaluate(aligned_network(s.teacher, s.student_net, plan), s.data.test, **ev)
-    results["distilled"] = evaluate(distilled, s.data.test, **ev)
-    results["plain"] = evaluate(plain, s.data.test, **ev)
-    return results
+    return {name: evaluate(bnn, s.data.test, num_samples=run.num_samples, seed=run.seed)
+            for name, bnn in networks.items()}
+
+
+def _uncertainty(s: _Setup, networks: Mapping[str, BNN], stages: Stages) -> dict[str, Optional[UncertaintyResult]]:
+    """OOD detection and selective prediction of every network; the students' share of the teacher's."""
+    results = score_networks(s.uncertainty, stages, networks, s.data.test)
+    return {name: r if name == "teacher" else with_kept(r, results["teacher"]) for name, r in results.items()}
 
 
 def _cosine(s: _Setup, distilled: BNN, plain: BNN, run: RunSettings) -> tuple[Any, Optional[dict[str, Any]]]:
@@ -335,7 +361,7 @@ def _config(s: _Setup, recipe: DistillRecipe, train_fraction: float, probe_size:
             "hidden": list(hidden) if hidden is not None else None, "num_samples": run.num_samples,
             "monitor": run.monitor, "seed": run.seed, "device": str(s.device), "method": list(s.methods),
             "transfer": s.transfer, "pairs": s.pairs, "overwrite": run.overwrite, "threads": torch.get_num_threads(),
-            "student_kwargs": dict(s.student_kwargs), **terms_cfg}
+            "student_kwargs": dict(s.student_kwargs), "ood": run.ood, **terms_cfg}
 
 
 def _save_student(out: Path, s: _Setup, distilled: BNN, q: Any, recipe: DistillRecipe, config: dict[str, Any],
@@ -358,9 +384,23 @@ def _save_student(out: Path, s: _Setup, distilled: BNN, q: Any, recipe: DistillR
                posterior_metadata=meta)
 
 
+def _uncertainty_figures(out: Path, s: _Setup, r: DistillResult) -> None:
+    """ROC curves of the mutual information per OOD kind, and the selective-prediction curves."""
+    found = {"teacher": r.teacher.uncertainty, "aligned": (r.aligned or {}).get("uncertainty"),
+             "distilled": r.distilled.uncertainty, "plain": r.plain.uncertainty}
+    results = {NETWORK_LABELS[k]: v for k, v in found.items() if v is not None}
+    roc = roc_figure(results, "mutual_information")
+    if roc is not None:
+        plots.save(roc, out / "ood_roc.png", dpi=100)
+    sel = selective_figure(results, title=f"selective prediction on the {s.data.name} test set")
+    if sel is not None:
+        plots.save(sel, out / "selective.png", dpi=100)
+
+
 def _figures(out: Path, s: _Setup, r: DistillResult, hist: tuple[FitResult, FitResult], cosine: Any,
              curves: list[Any], probe_len: int, run: RunSettings) -> None:
     """The plots of the run (rank 0 only)."""
+    _uncertainty_figures(out, s, r)
     res_distilled, res_plain = hist
     if res_distilled.history:
         plots.save(plots.elbo(res_distilled.history), out / "elbo.png")
@@ -404,17 +444,22 @@ def _function_space_info(s: _Setup, terms: list[Any], terms_cfg: dict[str, Any],
             "transfer_size": int(s.transfer or 0), "final": term_summary(history)}
 
 
-def _result(s: _Setup, al: _Alignment, results: dict[str, Any], bnns: tuple[BNN, BNN],
-            hist: tuple[FitResult, FitResult], terms: list[Any], terms_cfg: dict[str, Any], cosine: Any,
-            curves: list[Any], config: dict[str, Any]) -> DistillResult:
+def _result(s: _Setup, al: _Alignment, results: dict[str, Any], unc: Mapping[str, Optional[UncertaintyResult]],
+            bnns: tuple[BNN, BNN], hist: tuple[FitResult, FitResult], terms: list[Any], terms_cfg: dict[str, Any],
+            cosine: Any, curves: list[Any], config: dict[str, Any]) -> DistillResult:
     distilled, plain = bnns
+    aligned: Optional[dict[str, Any]] = None
+    if al.plan is not None:
+        aligned = {"test": results["aligned"]}
+        if unc.get("aligned") is not None:
+            aligned["uncertainty"] = unc["aligned"]
     return DistillResult(
         s.dataset, s.data.task, list(s.methods),
-        TeacherSummary(s.teacher_path, s.teacher_model, s.teacher.num_weights, results["teacher"]),
+        TeacherSummary(s.teacher_path, s.teacher_model, s.teacher.num_weights, results["teacher"], unc["teacher"]),
         {"model": s.student, "model_kwargs": dict(s.student_kwargs), "plain_prior": "Normal(0, 1)"},
-        TrainedStudent(results["distilled"], **fit_summary(distilled, hist[0])),
-        TrainedStudent(results["plain"], **fit_summary(plain, hist[1])),
-        {"test": results["aligned"]} if al.plan is not None else None,
+        TrainedStudent(results["distilled"], **fit_summary(distilled, hist[0]), uncertainty=unc["distilled"]),
+        TrainedStudent(results["plain"], **fit_summary(plain, hist[1]), uncertainty=unc["plain"]),
+        aligned,
         al.plan.overview() if al.plan is not None else None,
         _function_space_info(s, terms, terms_cfg, hist[0].history), cosine, len(s.data.train), len(s.data.test),
         al.probe_size, al.time_s, config, al.warnings,
@@ -439,6 +484,7 @@ def distill(
     pairs: Optional[Mapping[str, str]] = None,
     term_settings: Optional[Mapping[str, Any]] = None,
     probe_size: Optional[int] = None,
+    uncertainty: UncertaintyRecipe = UncertaintyRecipe(),
     run: RunSettings = RunSettings(),
 ) -> DistillResult:
     """Distill the teacher saved at ``teacher`` into ``student`` and write the artefacts into ``out``.
@@ -458,15 +504,18 @@ def distill(
             last hidden activations).
         term_settings: ``{"<term>_<option>": value}`` (defaults: the registered ones).
         probe_size: a seeded subset of the teacher's training inputs as probe data (default: all).
-        run: seed, device, draws, monitor, threads, imports, overwrite, quiet.
+        uncertainty: the OOD kinds, scores and draws of every network's OOD detection and
+            selective prediction (computed unless ``run.ood`` is false).
+        run: seed, device, draws, monitor, threads, imports, overwrite, quiet, ood.
     """
     t_start = time.perf_counter()
     out = check_run_folder(out, DISTILL_ARTEFACTS, overwrite=run.overwrite)
     with torch_threads(run.threads):
         s = _prepare(teacher, student, methods, dataset, student_kwargs, channels, hidden, dataset_kwargs,
-                     train_fraction, transfer, pairs, run)
+                     train_fraction, transfer, pairs, uncertainty, run)
         main = is_main()
-        stages = Stages(4 + 2 * s.use_prior, "distill", quiet=run.quiet or not main)
+        stages = Stages(4 + 2 * s.use_prior + bool(s.uncertainty and s.uncertainty.computes), "distill",
+                        quiet=run.quiet or not main)
         stages.say(f"distill: teacher {s.teacher_model} ({s.teacher.num_weights} Bayesian weights) -> student "
                    f"{s.student} on {s.data.name} ({len(s.data.train)} train / {len(s.data.test)} test), method "
                    f"{','.join(s.methods)}" + (f", transfer {s.transfer} unlabelled inputs" if s.transfer else "")
@@ -478,15 +527,17 @@ def distill(
         with stages(f"evaluating on the test set ({run.num_samples} posterior draws)"):
             q_student = distilled.posterior()
             distilled.load_posterior(q_student)  # evaluate exactly what the files hold (rho = softplus^-1(scale))
-            results = _evaluate(s, al.plan, distilled, plain, run)
+            networks = _networks(s, al.plan, distilled, plain)
+            results = _evaluate(s, networks, run)
             cosine, cosine_dict = _cosine(s, distilled, plain, run)
+        unc = _uncertainty(s, networks, stages)
         curves: list[Any] = []
         if al.plan is not None:
             with stages("the teacher's pruning curves (aligned to narrower copies of itself, no training)"):
                 curves = _pruning_curves(s, recipe, al.probe, run)
         config = _config(s, recipe, train_fraction, probe_size, hidden, channels, term_options(term_settings or {}),
                          run)
-        r = _result(s, al, results, (distilled, plain), hist, terms, term_options(term_settings or {}, s.fs_methods),
+        r = _result(s, al, results, unc, (distilled, plain), hist, terms, term_options(term_settings or {}, s.fs_methods),
                     cosine_dict, curves, config)
         r.out, r.student_posterior = out, q_student
         with stages("writing the model, metrics and plots"):

@@ -5,7 +5,9 @@ MLPs, which no alignment reaches from a CNN), one per variant of ``recipe.varian
 registered terms; none = plain), all from the same initialization with a Normal(0, 1) prior and
 the recipe's training settings; the terms take their registered defaults. Writes (rank 0 only)
 ``metrics.json``, ``history_<variant>.csv``, ``students.png``, ``elbo.png`` and ``vid_bounds.png``
-(of the last variant with VID), ``cosine_distances.png``.
+(of the last variant with VID), ``cosine_distances.png``. Unless ``run.ood`` is false, the teacher
+and every student also get their OOD detection and selective prediction (``uncertainty``; the
+students' ``kept`` share of the teacher's AUROC; :mod:`bayesdistill.experiments.uncertainty`).
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from ..infer import FitResult, evaluate, fit
 from .distill import TeacherSummary, default_pairs
 from .factories import build_model, load_dataset
 from .progress import Stages
-from .recipes import FunctionSpaceRecipe, RunSettings
+from .recipes import FunctionSpaceRecipe, RunSettings, UncertaintyRecipe
 from .results import Result, live
 from .runs import barrier, check_run_folder, environment, is_main, resolve_device, torch_threads, write_json
 from .steps import (check_fits, fit_summary, has_term_metric, likelihood_for, load_teacher, lr_schedule,
                     term_summary, write_history)
+from .uncertainty import UncertaintyResult, score_networks, uncertainty_step, with_kept
 
 __all__ = ["FunctionSpaceResult", "FunctionSpaceStudent", "function_space", "FUNCTION_SPACE_ARTEFACTS"]
 
@@ -40,7 +43,9 @@ FUNCTION_SPACE_ARTEFACTS = ("metrics.json", "students.png", "elbo.png", "vid_bou
 
 @dataclass
 class FunctionSpaceStudent(Result):
-    """One student of the comparison: its terms, test metrics, size, epochs, time, last term values."""
+    """One student of the comparison: its terms, test metrics, size, epochs, time, last term values,
+    OOD detection and selective prediction with the share of the teacher's it keeps (``None``
+    with ``run.ood`` false)."""
 
     methods: list[str]
     test: dict[str, Any]
@@ -48,6 +53,7 @@ class FunctionSpaceStudent(Result):
     epochs_trained: int
     train_time_s: float
     final_terms: dict[str, float]
+    uncertainty: Optional[UncertaintyResult] = None
 
 
 @dataclass
@@ -73,6 +79,7 @@ class FunctionSpaceResult(Result):
     environment: dict[str, Any] = field(default_factory=dict)
     out: Optional[Path] = live()
     histories: dict[str, FitResult] = live(None)
+    networks: dict[str, BNN] = live(None)
 
 
 def linear_widths(net: nn.Module) -> Optional[list[int]]:
@@ -83,10 +90,11 @@ def linear_widths(net: nn.Module) -> Optional[list[int]]:
     return [weighted[0].in_features] + [m.out_features for m in weighted]
 
 
-def _student(methods: list[str], bnn: BNN, history: FitResult, test: dict[str, Any]) -> FunctionSpaceStudent:
+def _student(methods: list[str], bnn: BNN, history: FitResult, test: dict[str, Any],
+             uncertainty: Optional[UncertaintyResult] = None) -> FunctionSpaceStudent:
     summary = fit_summary(bnn, history)
     return FunctionSpaceStudent(methods, test, bnn.num_weights, summary["epochs_trained"], summary["train_time_s"],
-                                term_summary(history.history))
+                                term_summary(history.history), uncertainty)
 
 
 def _versus_plain(students: dict[str, FunctionSpaceStudent]) -> dict[str, dict[str, float]]:
@@ -139,10 +147,13 @@ def function_space(
     teacher: Union[str, os.PathLike],
     recipe: FunctionSpaceRecipe = FunctionSpaceRecipe(),
     *,
+    uncertainty: UncertaintyRecipe = UncertaintyRecipe(),
     run: RunSettings = RunSettings(),
 ) -> FunctionSpaceResult:
     """Distill the teacher saved at ``teacher`` into one student per variant of ``recipe``; write
-    the artefacts into ``out`` (a folder holding a run is refused unless ``run.overwrite``)."""
+    the artefacts into ``out`` (a folder holding a run is refused unless ``run.overwrite``).
+    ``uncertainty``: the OOD detection and selective prediction of the teacher and every student
+    (unless ``run.ood`` is false)."""
     t_start = time.perf_counter()
     out = check_run_folder(out, FUNCTION_SPACE_ARTEFACTS, overwrite=run.overwrite)
     with torch_threads(run.threads):
@@ -155,29 +166,38 @@ def function_space(
         net = build_model(recipe.student, data.input_shape, data.output_dim, allow_imports=run.allow_imports,
                           what="student")
         pairs = default_pairs(t_bnn.net, net)
+        step = uncertainty_step(mf.dataset or data.name, data.task, uncertainty, enabled=run.ood,
+                                num_samples=run.num_samples, seed=run.seed)
         main = is_main()
-        stages = Stages(len(recipe.variants) + 2, "function space", quiet=run.quiet or not main)
+        stages = Stages(len(recipe.variants) + 2 + bool(step and step.computes), "function space",
+                        quiet=run.quiet or not main)
         t_model = mf.architecture.model
         stages.say(f"function space: teacher {t_model} -> Bayesian {recipe.student} students on {len(data.train)} "
                    f"training examples, {recipe.epochs} epochs each: {', '.join(n for n, _ in recipe.variants)}")
         bnns, histories = _train_variants(recipe, t_bnn, data, net, pairs, device, run, stages)
         with stages(f"evaluating on the test set ({run.num_samples} posterior draws)"):
             ev = dict(num_samples=run.num_samples, seed=run.seed)
-            students = {name: _student(list(methods), bnns[name], histories[name], evaluate(bnns[name], data.test, **ev))
-                        for name, methods in recipe.variants}
+            tests = {name: evaluate(bnns[name], data.test, **ev) for name, _ in recipe.variants}
             teacher_test = evaluate(t_bnn, data.test, **ev)
             layer = last_hidden_layer(net)
             cos = cosine_distances([(f"teacher {t_model}", t_bnn, last_hidden_layer(t_bnn.net))]
                                    + [(name, bnn, layer) for name, bnn in bnns.items()], data.test, seed=run.seed)
+        t_name = f"teacher {t_model}"  # as in the cosine distances: the students' names are the variants'
+        unc = score_networks(step, stages, {t_name: t_bnn, **bnns}, data.test)
+        students = {name: _student(list(methods), bnns[name], histories[name], tests[name],
+                                   with_kept(unc[name], unc[t_name]))
+                    for name, methods in recipe.variants}
         config = {"epochs": recipe.epochs, "train_fraction": recipe.train_fraction, "seed": run.seed,
                   "num_samples": run.num_samples, "device": str(device), "variants": recipe.variant_methods(),
                   "lr": recipe.lr, "batch_size": recipe.batch_size, "kl_weight": recipe.kl_weight,
-                  "lr_schedule": recipe.lr_schedule, **term_defaults(), "threads": torch.get_num_threads()}
+                  "lr_schedule": recipe.lr_schedule, **term_defaults(), "threads": torch.get_num_threads(),
+                  "ood": run.ood}
         result = FunctionSpaceResult(
-            mf.dataset or data.name, TeacherSummary(str(teacher), t_model, t_bnn.num_weights, teacher_test),
+            mf.dataset or data.name, TeacherSummary(str(teacher), t_model, t_bnn.num_weights, teacher_test,
+                                                    unc[t_name]),
             {"model": recipe.student, "prior": "Normal(0, 1)", "widths": linear_widths(net)}, pairs, students,
             cos.to_dict()["models"], len(data.train), len(data.test), config, 0.0, __version__,
-            _versus_plain(students), environment(device), out, histories)
+            _versus_plain(students), environment(device), out, histories, bnns)
         with stages("writing the histories, metrics and plots"):
             if main:
                 out.mkdir(parents=True, exist_ok=True)

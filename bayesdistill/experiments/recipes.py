@@ -13,6 +13,8 @@ defaults from here, the benchmarks import them from here, and a different recipe
 - :class:`DistillRecipe`: ``bayesdistill distill`` (and the demo's students);
 - :class:`FunctionSpaceRecipe`: the demo's function-space comparison (a CNN teacher into MLPs);
 - :class:`DemoRecipe`: ``bayesdistill demo``; :data:`QUICK_DEMO` its ``--quick`` variant;
+- :class:`UncertaintyRecipe`: the OOD detection and selective prediction of every evaluated
+  network (on unless ``RunSettings(ood=False)``, the command line's ``--no-ood``);
 - :class:`RunSettings`: seed, device, posterior draws, threads, imports, overwrite, quiet.
 """
 
@@ -25,6 +27,7 @@ __all__ = [
     "TeacherRecipe",
     "DistillRecipe",
     "FunctionSpaceRecipe",
+    "UncertaintyRecipe",
     "QuickSettings",
     "DemoRecipe",
     "RunSettings",
@@ -133,12 +136,48 @@ class FunctionSpaceRecipe(_Recipe):
 
 
 @dataclass(frozen=True)
+class UncertaintyRecipe(_Recipe):
+    """Does each network know what it does not know? The pipelines' uncertainty step
+    (:mod:`bayesdistill.experiments.uncertainty`; docs/uncertainty.md).
+
+    ``kinds``: the OOD kinds of ``bd.datasets.ood`` scored against the in-distribution test set;
+    ``None``: every kind that transforms the test inputs (all but ``held-out-classes``, which needs
+    a network trained without those classes): MNIST-1D reversed, phase-shuffled, scaled, noise;
+    digits inverted, rotated, noise. ``scores``: the AUROCs' uncertainty scores.
+    ``selective_score``: what ranks the answers of the selective prediction; ``coverage``: the
+    coverage of the reported selective accuracy. ``num_samples``: posterior draws of these
+    evaluations (``None``: the run's ``num_samples``; each network costs one predictive pass over
+    the test set and one per OOD kind).
+    """
+
+    kinds: Optional[tuple[str, ...]] = None
+    scores: tuple[str, ...] = ("entropy", "mutual_information")
+    selective_score: str = "max_probability"
+    coverage: float = 0.9
+    num_samples: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.kinds is not None:
+            object.__setattr__(self, "kinds", tuple(self.kinds))
+        object.__setattr__(self, "scores", tuple(self.scores))
+        if not 0.0 < float(self.coverage) <= 1.0:
+            raise ValueError(f"coverage must lie in (0, 1], got {self.coverage!r}")
+        if self.num_samples is not None and int(self.num_samples) < 1:
+            raise ValueError(f"num_samples must be a positive integer or None, got {self.num_samples!r}")
+
+
+@dataclass(frozen=True)
 class QuickSettings(_Recipe):
-    """``demo --quick``: a seconds-long smoke run on a small subset (every stage)."""
+    """``demo --quick``: a seconds-long smoke run on a small subset (every stage).
+
+    ``ood_samples``: posterior draws of the OOD detection and selective prediction (fewer than
+    ``num_samples``: that step scores every network on the test set and on each OOD set).
+    """
 
     epochs: int = 3
     train_fraction: float = 0.1
     num_samples: int = 8
+    ood_samples: int = 4
 
 
 QUICK = QuickSettings()
@@ -152,7 +191,8 @@ class DemoRecipe(_Recipe):
     student ``student`` (narrower and one layer shallower than ``cnn-deep``) on
     ``student_fraction`` of the training set with the ``distill`` recipe, against a plain student;
     then the ``function_space`` comparison. ``num_samples``: posterior draws of every test metric.
-    ``quick``: this is the ``--quick`` variant (:meth:`quick`).
+    ``uncertainty``: the OOD detection and selective prediction of every network (with
+    ``RunSettings(ood=True)``). ``quick``: this is the ``--quick`` variant (:meth:`quick`).
     """
 
     dataset: str = "mnist1d"
@@ -164,11 +204,13 @@ class DemoRecipe(_Recipe):
     distill: DistillRecipe = field(default_factory=DistillRecipe)
     function_space: FunctionSpaceRecipe = field(default_factory=FunctionSpaceRecipe)
     num_samples: int = 32
+    uncertainty: UncertaintyRecipe = field(default_factory=UncertaintyRecipe)
     is_quick: bool = False
 
     def quick(self, settings: QuickSettings = QUICK) -> "DemoRecipe":
         """The smoke-run variant: ``settings.epochs`` epochs in every stage, the teacher and the
-        function-space students on ``settings.train_fraction`` of the data, fewer draws."""
+        function-space students on ``settings.train_fraction`` of the data, fewer draws
+        (``settings.ood_samples`` for the OOD detection and selective prediction)."""
         return replace(
             self,
             teacher=replace(self.teacher, epochs=settings.epochs),
@@ -177,6 +219,7 @@ class DemoRecipe(_Recipe):
             function_space=replace(self.function_space, epochs=settings.epochs,
                                    train_fraction=settings.train_fraction),
             num_samples=settings.num_samples,
+            uncertainty=replace(self.uncertainty, num_samples=settings.ood_samples),
             is_quick=True,
         )
 
@@ -201,6 +244,9 @@ class RunSettings(_Recipe):
             (``package.module:factory``) may be imported: ``True``, or the top-level packages
             allowed (``("mypkg",)``); ``False`` refuses them.
         overwrite: replace a run that the output folder already holds (default: refuse).
+        ood: score every evaluated network's OOD detection and selective prediction
+            (:class:`UncertaintyRecipe`; the command line's ``--no-ood`` turns it off: it costs a
+            predictive pass over the test set and one per OOD set, per network).
     """
 
     seed: int = 0
@@ -211,6 +257,7 @@ class RunSettings(_Recipe):
     threads: Optional[int] = None
     allow_imports: Union[bool, tuple[str, ...]] = False
     overwrite: bool = False
+    ood: bool = True
 
 
 #: Fractions of hidden units removed in ``distill``'s pruning_curve.png, and the most probe

@@ -5,8 +5,14 @@ settings, counts of the run); none is quoted from elsewhere. Results from other 
 pointed at (the docs pages), never copied.
 
 - console: :func:`metrics_table`, :func:`compare_table`, :func:`teacher_summary`,
-  :func:`evaluation_summary`, :func:`distill_summary`, :func:`function_space_summary`;
+  :func:`evaluation_summary`, :func:`distill_summary`, :func:`function_space_summary`,
+  :func:`uncertainty_summary`;
 - Markdown: :func:`markdown_table`, :func:`demo_report`.
+
+Every network's OOD detection and selective prediction (its ``uncertainty`` entry,
+:mod:`bayesdistill.experiments.uncertainty`) appears as rows next to its test metrics
+(:func:`uncertainty_rows`) and, per OOD kind, in :func:`uncertainty_summary` and the demo report's
+section "Does the student know what it does not know?".
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..distill.terms.registry import TERMS
+from .uncertainty import KEPT_FORMULA
 
 if TYPE_CHECKING:
     from .demo import DemoResult
 
 __all__ = ["format_value", "metrics_table", "compare_table", "markdown_table", "teacher_summary",
            "evaluation_summary", "distill_summary", "function_space_summary", "distill_columns",
-           "function_space_columns", "demo_report", "REFERENCES"]
+           "function_space_columns", "demo_report", "REFERENCES", "uncertainty_rows", "uncertainty_summary"]
 
 #: The works the report cites (author and year): text, not measurements.
 REFERENCES = {"grabovoy2021": "Grabovoy & Strijov, 2021"}
@@ -76,25 +83,77 @@ def _wall(m: Mapping[str, Any], out: Optional[Path]) -> str:
     return f"\nwall time {m['wall_time_s']:.1f} s; artefacts in {out}" if out is not None else ""
 
 
+_SHORT_SCORES = {"entropy": "entropy", "mutual_information": "MI", "max_probability": "max prob."}
+
+
+def uncertainty_rows(u: Optional[Mapping[str, Any]], placeholders: bool = False) -> dict[str, Any]:
+    """The headline numbers of a network's ``uncertainty`` entry as table rows: the mean OOD AUROC
+    per score, the share of the teacher's it keeps (with a teacher in the run), the selective
+    area and the accuracy at the recipe's coverage (nothing when not computed). With
+    ``placeholders``, a network without a kept share (the teacher) gets ``"-"`` in those rows, so
+    that the rows of a table keep this order."""
+    if not u or not u.get("applicable"):
+        return {}
+    n = len(u.get("kinds") or [])
+    rows: dict[str, Any] = {f"OOD AUROC {_SHORT_SCORES.get(k, k)} (mean of {n})": v
+                            for k, v in (u.get("mean_auroc") or {}).items()}
+    kept = (u.get("kept") or {}).get("auroc") or ({k: None for k in u.get("mean_auroc") or {}} if placeholders else {})
+    rows.update({f"kept AUROC {_SHORT_SCORES.get(k, k)}": "-" if v is None else v for k, v in kept.items()
+                 if v is not None or placeholders})
+    rows["selective area"] = u["selective_area"]
+    rows[f"accuracy at coverage {u['coverage']:g}"] = u["accuracy_at_coverage"]
+    return rows
+
+
+def uncertainty_summary(u: Optional[Mapping[str, Any]]) -> str:
+    """One network's OOD detection (AUROC per OOD kind and score, and their mean) and selective
+    prediction; the statement alone when nothing was computed; ``""`` when it was not asked for."""
+    if not u:
+        return ""
+    if not u.get("applicable"):
+        return f"uncertainty: {u['statement']}"
+    parts = []
+    if u.get("kinds"):
+        cols = {_SHORT_SCORES.get(k, k): {**{kind: u["auroc"][kind][k] for kind in u["kinds"]},
+                                          "mean": u["mean_auroc"][k]} for k in u["scores"]}
+        parts.append(compare_table(cols, f"OOD detection: AUROC (OOD positive) against {u['dataset']}'s OOD sets "
+                                         f"(S = {u['num_samples']} draws)"))
+    sel = {"selective area": u["selective_area"], f"accuracy at coverage {u['coverage']:g}": u["accuracy_at_coverage"],
+           "e-AURC": u["selective"]["e_aurc"]}
+    parts.append(metrics_table(sel, f"selective prediction (ranked by {u['selective']['score']})"))
+    if not u.get("kinds"):
+        parts.append(f"uncertainty: {u['statement']}")
+    return "\n\n".join(parts)
+
+
+def _with_uncertainty(table: str, m: Mapping[str, Any]) -> str:
+    extra = uncertainty_summary(m.get("uncertainty"))
+    return table + ("\n\n" + extra if extra else "")
+
+
 def teacher_summary(result: Any, out: Optional[Path] = None) -> str:
-    """The test metrics of a teacher run (and its wall time and folder)."""
+    """The test metrics of a teacher run, its OOD detection and selective prediction (and its
+    wall time and folder)."""
     m = _d(result)
     shown = dict(m["test"])
     s = shown.pop("num_samples", "?")
-    return metrics_table(shown, f"test metrics: {m['model']} on {m['dataset']} (S = {s} draws)") + _wall(m, out)
+    return _with_uncertainty(metrics_table(shown, f"test metrics: {m['model']} on {m['dataset']} (S = {s} draws)"),
+                             m) + _wall(m, out)
 
 
 def evaluation_summary(result: Any) -> str:
+    """The test metrics of a saved model, its OOD detection and selective prediction."""
     m = _d(result)
     shown = dict(m["test"])
     s = shown.pop("num_samples", "?")
-    return metrics_table(shown, f"test metrics: {m['model']} on {m['dataset']} (S = {s} draws)")
+    return _with_uncertainty(metrics_table(shown, f"test metrics: {m['model']} on {m['dataset']} (S = {s} draws)"), m)
 
 
 def distill_columns(m: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The networks of a distillation run side by side: teacher, aligned, distilled, plain."""
+    """The networks of a distillation run side by side: teacher, aligned, distilled, plain (test
+    metrics, OOD detection and selective prediction, weights, separation AUC)."""
     keys = [k for k in ("teacher", "aligned", "distilled", "plain") if m.get(k)]
-    cols = {key: dict(m[key]["test"]) for key in keys}
+    cols = {key: {**m[key]["test"], **uncertainty_rows(m[key].get("uncertainty"), True)} for key in keys}
     for key in cols:
         cols[key]["weights"] = m["teacher" if key == "teacher" else "distilled"]["num_weights"]
     cos = m.get("cosine") or {}
@@ -110,18 +169,30 @@ def distill_summary(result: Any, out: Optional[Path] = None) -> str:
     title = (f"test metrics on {m['dataset']} (S = {s} draws): teacher {m['teacher']['model']}, student "
              f"{m['student']['model']} " + ("aligned (before training), " if m.get("aligned") else "")
              + f"distilled (--method {methods}), plain")
-    return compare_table(distill_columns(m), title) + _wall(m, out)
+    return compare_table(distill_columns(m), title) + _uncertainty_note(m["teacher"].get("uncertainty")) + _wall(m, out)
 
 
-def function_space_columns(fs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The teacher and each student of the function-space comparison: test metrics, weights,
-    separation AUC of the cosine distances, training time."""
+def _uncertainty_note(u: Optional[Mapping[str, Any]]) -> str:
+    """What the uncertainty rows of a comparison measured (or why there are none)."""
+    if not u:
+        return ""
+    return "\nuncertainty: " + u["statement"] + (f"; kept AUROC: {KEPT_FORMULA['auroc']}" if u.get("applicable")
+                                                 else "")
+
+
+def function_space_columns(fs: Mapping[str, Any], uncertainty: bool = True) -> dict[str, dict[str, Any]]:
+    """The teacher and each student of the function-space comparison: test metrics (with
+    ``uncertainty``, the OOD detection and selective prediction), weights, separation AUC of
+    the cosine distances, training time."""
     names = list(fs["cosine"])  # the teacher first, then the students in order
-    cols = {names[0]: dict(fs["teacher"]["test"])}
+    def rows(u: Any) -> dict[str, Any]:
+        return uncertainty_rows(u, True) if uncertainty else {}
+
+    cols = {names[0]: {**fs["teacher"]["test"], **rows(fs["teacher"].get("uncertainty"))}}
     cols[names[0]]["Bayesian weights"] = fs["teacher"]["num_weights"]
     cols[names[0]]["separation AUC"] = fs["cosine"][names[0]]["separation_auc"]
     for name, r in fs["students"].items():
-        cols[name] = dict(r["test"])
+        cols[name] = {**r["test"], **rows(r.get("uncertainty"))}
         cols[name]["Bayesian weights"] = r["num_weights"]
         cols[name]["separation AUC"] = fs["cosine"][name]["separation_auc"]
         cols[name]["train time (s)"] = r["train_time_s"]
@@ -132,7 +203,8 @@ def function_space_summary(result: Any) -> str:
     fs = _d(result)
     s = fs["teacher"]["test"].get("num_samples", "?")
     return compare_table(function_space_columns(fs), f"function space: teacher {fs['teacher']['model']} -> Bayesian "
-                         f"{fs['student']['model']} students on {fs['dataset']} (S = {s} draws)")
+                         f"{fs['student']['model']} students on {fs['dataset']} (S = {s} draws)") \
+        + _uncertainty_note(fs["teacher"].get("uncertainty"))
 
 
 # --------------------------------------------------------------------------- the demo's report
@@ -263,7 +335,7 @@ test examples); "separation AUC": how well the cosine distances of the last hidd
 separate pairs of test examples of different classes from pairs of the same class (chance level: no
 separation at all).
 
-{markdown_table(function_space_columns(fs))}
+{markdown_table(function_space_columns(fs, uncertainty=False))}
 
 {_versus_plain(fs)}
 
@@ -284,6 +356,73 @@ student.
 """
 
 
+def _uncertainty_networks(student: Mapping[str, Any], fs: Optional[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The demo's networks with their test metrics and ``uncertainty`` entries, by report name."""
+    nets = {name: student[key] for name, key in (("teacher", "teacher"), ("aligned, untrained", "aligned"),
+                                                 ("distilled", "distilled"), ("plain", "plain")) if student.get(key)}
+    for name, r in ((fs or {}).get("students") or {}).items():
+        nets[f"{name} (function space)"] = r
+    return nets
+
+
+def _uncertainty_section(student: Mapping[str, Any], fs: Optional[Mapping[str, Any]]) -> str:
+    """Does the student know what it does not know? Every network's OOD detection and selective
+    prediction, from the run's ``uncertainty`` entries (no section when they were not computed)."""
+    nets = _uncertainty_networks(student, fs)
+    found = {name: r.get("uncertainty") for name, r in nets.items() if r.get("uncertainty")}
+    title = "## Does the student know what it does not know?\n\n"
+    if not found:
+        return ""
+    t = found.get("teacher") or next(iter(found.values()))
+    if not t.get("applicable"):
+        return title + f"OOD detection and selective prediction: {t['statement']}.\n"
+    summary = {name: {**{k: nets[name]["test"][k] for k in ("accuracy", "nll", "ece") if k in nets[name]["test"]},
+                      **uncertainty_rows(u, True)} for name, u in found.items()}
+    kinds = t.get("kinds") or []
+    per_kind = {name: {f"{_SHORT_SCORES.get(sc, sc)}: {kind}": u["auroc"][kind][sc] for sc in u["scores"]
+                       for kind in kinds if kind in u["auroc"]} for name, u in found.items()}
+    sets = "\n".join(f"- `{kind}` ({t['num_ood'][kind]} inputs): {t['descriptions'][kind]}" for kind in kinds)
+    kept = next((u["kept"] for u in found.values() if u.get("kept")), None)
+    kept_text = (f" **kept** is the share of the teacher's above-chance AUROC a student keeps, "
+                 f"{kept['formula']['auroc']} (0: chance, negative: worse than chance)." if kept else "")
+    tables = (f"""OOD detection (AUROC, OOD inputs positive) by the predictive entropy and the mutual information
+(MI, the epistemic part), mean over the OOD kinds; selective prediction: the area under the
+accuracy-coverage curve (the model answers its most confident test inputs first, ranked by the
+{t['selective']['score'].replace('_', ' ')}) and the accuracy of its most confident answers at the given coverage.{kept_text}
+
+{markdown_table(summary)}
+
+AUROC per OOD kind and score:
+
+{markdown_table(per_kind)}
+""" if kinds else f"""Selective prediction (no OOD sets for this data set):
+
+{markdown_table(summary)}
+""")
+    images = "\n\n".join(f"![{alt}]({path})" for alt, path in (
+        ("ROC curves of the mutual information per OOD kind", "student/ood_roc.png"),
+        ("selective prediction", "student/selective.png")) if kinds or path.endswith("selective.png"))
+    intro = (f"its posterior predictive ({t['num_samples']} weight draws, seed {t['seed']}, the same draws for every "
+             f"set) scores the {t['num_in']} test examples and the OOD inputs of each kind below "
+             f"(`bd.datasets.ood`, seed {t['seed']}), kinds that need no retraining: transformed test inputs and noise"
+             if kinds else f"{t['statement']}")
+    return f"""{title}A Bayesian teacher should be unsure on inputs unlike its training data, and sure where it is
+right. For every network of this run, {intro}.
+
+{sets}
+
+{tables}
+{images}
+
+`ood_roc.png`: the ROC curves of the mutual information of the teacher and the students of `student/`,
+one panel per OOD kind (the diagonal is chance); `selective.png`: their accuracy- and risk-coverage
+curves. Every network's numbers, with the AUPR and the false-positive rates per kind, are in the
+`uncertainty` entries of the `metrics.json` files. Held-out classes need a network
+trained without them: docs/uncertainty.md measures them over several seeds and says which students keep
+the teacher's uncertainty.
+"""
+
+
 def _files_section(fs_present: bool) -> str:
     fs_files = ("\n- `function-space/`: the students of the function-space comparison: `metrics.json`, "
                 "`history_<student>.csv`, `students.png`, `elbo.png`, `vid_bounds.png`, `cosine_distances.png`"
@@ -295,7 +434,7 @@ def _files_section(fs_present: bool) -> str:
 - `student/`: `model.pt` (the distilled student), `posterior.pt`, `metrics.json` (all four columns above, the
   plan's per-layer data and the pruning curves), `plan.json` / `plan.pt` (`bd.AlignmentPlan.load`),
   `history.csv` (distilled), `plain_history.csv`, `elbo.png`, `students.png`, `alignment.png`,
-  `pruning_curve.png`, `cosine_distances.png`{fs_files}
+  `pruning_curve.png`, `cosine_distances.png`, `ood_roc.png` and `selective.png` (unless `--no-ood`){fs_files}
 """
 
 
@@ -306,8 +445,10 @@ def demo_report(result: "DemoResult") -> str:
     note = ("\n> This is a `--quick` smoke run (few epochs on a small subset); the numbers are not "
             "representative. Run `bayesdistill demo` for the full run.\n" if result.recipe.is_quick else "")
     s = student["distilled"]["test"].get("num_samples")
+    uncertainty = _uncertainty_section(student, fs)
     return (f"# bayesdistill demo: Bayesian distillation on {teacher['dataset']}\n{note}\n"
             + _teacher_section(teacher) + "\n" + _student_section(student) + "\n"
-            + (_function_space_section(fs) + "\n" if fs is not None else "") + _files_section(fs is not None)
+            + (_function_space_section(fs) + "\n" if fs is not None else "")
+            + (uncertainty + "\n" if uncertainty else "") + _files_section(fs is not None)
             + f"\nReproduce the distilled student's evaluation:\n"
               f"`bayesdistill evaluate --posterior student/model.pt --num-samples {s}`\n")

@@ -11,6 +11,9 @@ Writes into ``out`` (rank 0 of a multi-process run only): ``model.pt`` (the whol
 ``bd.load_model``), ``posterior.pt`` (the posterior with architecture metadata),
 ``metrics.json``, ``history.csv``, ``elbo.png``, ``calibration.png``, ``snr.png``, and
 ``checkpoints/checkpoint.pt`` after every epoch (``resume=True`` continues from it).
+``metrics.json`` holds, next to the test metrics, the teacher's OOD detection and selective
+prediction (``uncertainty``; :mod:`bayesdistill.experiments.uncertainty`) unless ``run.ood`` is
+false.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from .factories import (architecture_kwargs, build_model, check_dataset_name, ch
                         load_dataset)
 from .model_file import MODEL_FILE_NAME, POSTERIOR_FILE_NAME, save_model
 from .progress import Stages
-from .recipes import RunSettings, TeacherRecipe
+from .recipes import RunSettings, TeacherRecipe, UncertaintyRecipe
 from .results import Result, live
 from .runs import (CHECKPOINT_FOLDER, barrier, check_run_folder, clear_artefacts, environment, is_main,
                    resolve_device, torch_threads, write_json)
 from .steps import fit_summary, likelihood_for, likelihood_name, lr_schedule, write_history
+from .uncertainty import UncertaintyResult, score_networks, uncertainty_step
 
 __all__ = ["TeacherResult", "fit_teacher", "TEACHER_ARTEFACTS"]
 
@@ -47,7 +51,11 @@ TEACHER_ARTEFACTS = ("metrics.json", POSTERIOR_FILE_NAME, MODEL_FILE_NAME, "hist
 
 @dataclass
 class TeacherResult(Result):
-    """What a teacher run measured (``to_dict()``: ``metrics.json``), and the trained BNN."""
+    """What a teacher run measured (``to_dict()``: ``metrics.json``), and the trained BNN.
+
+    ``uncertainty``: the teacher's OOD detection and selective prediction (``None`` with
+    ``run.ood`` false; a statement of why not for a regression teacher).
+    """
 
     dataset: str
     model: str
@@ -64,6 +72,7 @@ class TeacherResult(Result):
     bayesdistill_version: str
     calibration: dict[str, Any]
     environment: dict[str, Any]
+    uncertainty: Optional[UncertaintyResult] = None
     out: Optional[Path] = live()
     bnn: Optional[BNN] = live()
     history: Optional[FitResult] = live()
@@ -106,7 +115,7 @@ def _config(recipe: TeacherRecipe, t: _Teacher, model: str, hidden: Any, train_f
               "hidden": list(hidden) if hidden is not None else None, "train_fraction": train_fraction,
               "num_samples": run.num_samples, "seed": run.seed, "device": str(t.device), "monitor": run.monitor,
               "checkpoint": checkpoint, "resume": resume, "overwrite": run.overwrite, "extend": extend,
-              "threads": torch.get_num_threads(), "model_kwargs": dict(t.model_kwargs)}
+              "threads": torch.get_num_threads(), "model_kwargs": dict(t.model_kwargs), "ood": run.ood}
     if dataset_kwargs:
         config["dataset_kwargs"] = dict(dataset_kwargs)
     return config
@@ -164,6 +173,7 @@ def fit_teacher(
     checkpoint: bool = True,
     resume: bool = False,
     extend: bool = False,
+    uncertainty: UncertaintyRecipe = UncertaintyRecipe(),
     run: RunSettings = RunSettings(),
 ) -> TeacherResult:
     """Train a teacher with ``recipe`` on ``dataset`` and write its artefacts into ``out``.
@@ -180,7 +190,9 @@ def fit_teacher(
         local_reparam: ``False``, ``"all"`` or ``"linear"`` (see ``bd.fit``).
         checkpoint, resume, extend: write a checkpoint after every epoch; continue from it;
             allow a resumed run more epochs than it was planned for.
-        run: seed, device, draws, monitor, threads, imports, overwrite, quiet.
+        uncertainty: the OOD kinds, scores and draws of the teacher's OOD detection and
+            selective prediction (computed unless ``run.ood`` is false).
+        run: seed, device, draws, monitor, threads, imports, overwrite, quiet, ood.
 
     Under ``torchrun`` every process trains its share and evaluates; rank 0 writes the files.
     """
@@ -190,8 +202,10 @@ def fit_teacher(
         t = _prepare(recipe, dataset, model, model_kwargs, hidden, dataset_kwargs, train_fraction, run)
         config = _config(recipe, t, model, hidden, train_fraction, local_reparam, checkpoint, resume, extend,
                          dataset_kwargs, run)
+        step = uncertainty_step(t.dataset, t.data.task, uncertainty, enabled=run.ood, num_samples=run.num_samples,
+                                seed=run.seed)
         main = is_main()
-        stages = Stages(3, "fit", quiet=run.quiet or not main)
+        stages = Stages(3 + bool(step and step.computes), "fit", quiet=run.quiet or not main)
         stages.say(f"fit: {model} ({t.bnn.num_weights} Bayesian weights) on {t.data.name} ({len(t.data.train)} "
                    f"train / {len(t.data.test)} test, {t.data.task}), device {t.device}, "
                    f"{torch.get_num_threads()} threads")
@@ -202,6 +216,7 @@ def fit_teacher(
             t.bnn.load_posterior(q)  # evaluate exactly what the files hold (rho = softplus^-1(scale))
             test = evaluate(t.bnn, t.data.test, num_samples=run.num_samples, seed=run.seed)
             cal = calibration(t.bnn, t.data.test, num_samples=run.num_samples, seed=run.seed)
+        unc = score_networks(step, stages, {"teacher": t.bnn}, t.data.test)["teacher"]
         with stages("writing the model, metrics and plots"):
             if main:
                 _write(out, t, q, model, config, result, cal, run.overwrite)
@@ -209,7 +224,7 @@ def fit_teacher(
             teacher = TeacherResult(
                 t.dataset, model, t.data.task, test, summary["train"], summary["epochs_trained"], len(t.data.train),
                 len(t.data.test), t.bnn.num_weights, config, summary["train_time_s"], 0.0, __version__, cal.to_dict(),
-                environment(t.device), out, t.bnn, result)
+                environment(t.device), unc, out=out, bnn=t.bnn, history=result)
             teacher.wall_time_s = time.perf_counter() - t_start
             if main:
                 write_json(teacher.to_dict(), out / "metrics.json")

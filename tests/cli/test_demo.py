@@ -63,6 +63,23 @@ def test_demo_quick(quick_demo: tuple[Path, str]) -> None:
     for png in ("function-space/vid_bounds.png", "function-space/cosine_distances.png", "function-space/students.png"):
         assert f"({png})" in report
     assert "report:" in printed and "distilled" in printed and "function space" in printed
+    # every network's OOD detection and selective prediction, with fewer draws in the quick run
+    draws = QUICK_DEMO.uncertainty.num_samples
+    assert draws == 4 < QUICK_DEMO.num_samples
+    nets = [metrics, student["teacher"], student["aligned"], student["distilled"], student["plain"], fs["teacher"],
+            *fs["students"].values()]
+    for r in nets:
+        u = r["uncertainty"]
+        assert u["num_samples"] == draws and u["kinds"] == ["reversed", "phase-shuffled", "scaled", "noise"]
+        assert str(draws) + " posterior draws" in u["statement"]
+    assert student["teacher"]["uncertainty"]["auroc"] == metrics["uncertainty"]["auroc"]  # the same teacher, draws
+    for png in ("ood_roc.png", "selective.png"):
+        assert _png(out / "student" / png), png
+    assert "## Does the student know what it does not know?" in report
+    for png in ("student/ood_roc.png", "student/selective.png"):
+        assert f"({png})" in report
+    assert "| kept AUROC MI |" in report and "| MI: scaled |" in report and "| selective area |" in report
+    assert "OOD AUROC MI (mean of 4)" in printed
 
 
 def test_quick_demo_is_the_demo_recipe_shortened() -> None:
@@ -70,6 +87,7 @@ def test_quick_demo_is_the_demo_recipe_shortened() -> None:
     assert (QUICK_DEMO.teacher.epochs, QUICK_DEMO.distill.epochs, QUICK_DEMO.function_space.epochs) == (3, 3, 3)
     assert QUICK_DEMO.teacher_fraction == QUICK_DEMO.function_space.train_fraction == 0.1
     assert QUICK_DEMO.num_samples == 8 and QUICK_DEMO.student_fraction == DEMO.student_fraction == 0.1
+    assert QUICK_DEMO.uncertainty.num_samples == 4 and DEMO.uncertainty.num_samples is None  # the run's 32
     assert QUICK_DEMO.teacher.lr == DEMO.teacher.lr and QUICK_DEMO.distill.criterion == DEMO.distill.criterion
 
 

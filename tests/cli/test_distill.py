@@ -96,8 +96,17 @@ def test_distill_writes_all_artefacts(distilled: tuple[Path, str], deep_teacher:
     meta = bd.MeanFieldPosterior.load(out / "posterior.pt").metadata
     assert meta["model"] == "cnn-small" and meta["teacher"] == str(deep_teacher) and meta["prior"] == "teacher-posterior"
     assert meta["distill"]["criterion"] == "snr"
+    # every network's OOD detection (the transformed MNIST-1D inputs) and selective prediction
+    for key in ("teacher", "aligned", "distilled", "plain"):
+        u = m[key]["uncertainty"]
+        assert u["kinds"] == ["reversed", "phase-shuffled", "scaled", "noise"] and u["num_samples"] == 4
+        assert 0.0 <= u["mean_auroc"]["mutual_information"] <= 1.0 and 0.0 <= u["selective_area"] <= 1.0
+        assert (u["kept"] is None) == (key == "teacher")
+    for name in ("ood_roc.png", "selective.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
     # the comparison table
     assert "distilled" in printed and "plain" in printed and "accuracy" in printed and "aligned" in printed
+    assert "OOD AUROC MI (mean of 4)" in printed and "kept AUROC MI" in printed and "selective area" in printed
 
 
 def test_evaluate_reproduces_the_distilled_student(distilled: tuple[Path, str],
@@ -123,8 +132,11 @@ def test_distill_variants_and_monitor(deep_teacher: Path, tmp_path: Path) -> Non
     assert main(["distill", "--teacher", str(deep_teacher), "--student", "cnn", "--channels", "8", "--train-fraction", "0.1",
                  "--epochs", "1", "--num-samples", "2", "--criterion", "data", "--no-compensation",
                  "--prior-scale", "learned", "--init", "module", "--probe-size", "100", "--monitor", "--quiet",
-                 "--device", "cpu", "--out", str(out)]) == 0
+                 "--no-ood", "--device", "cpu", "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["ood"] is False and not (out / "ood_roc.png").exists()  # --no-ood: no uncertainty
+    assert all(m[key]["uncertainty"] is None for key in ("teacher", "distilled", "plain"))
+    assert "uncertainty" not in m["aligned"]
     assert m["plan"]["criterion"] == "data" and m["plan"]["compensation"] is False
     assert m["probe_size"] == 100 and m["student"]["model_kwargs"] == {"channels": 8}
     assert (out / "students.png").read_bytes()[:4] == b"\x89PNG"

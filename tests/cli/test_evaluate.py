@@ -27,6 +27,23 @@ def test_evaluate_reproduces_fit_metrics(cnn_run: Path, capsys: pytest.CaptureFi
         assert got["test"]["ece"] == expected["ece"]
 
 
+def test_evaluate_reports_ood_detection_unless_no_ood(cnn_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    expected = json.loads((cnn_run / "metrics.json").read_text())["uncertainty"]
+    capsys.readouterr()
+    assert main(["evaluate", "--posterior", str(cnn_run), "--num-samples", "8", "--json", "--device", "cpu"]) == 0
+    got = json.loads(capsys.readouterr().out)["uncertainty"]
+    assert got["kinds"] == ["reversed", "phase-shuffled", "scaled", "noise"] and got["num_samples"] == 8
+    assert got["auroc"] == expected["auroc"] and got["mean_auroc"] == expected["mean_auroc"]  # the run's values
+    assert got["selective_area"] == expected["selective_area"]
+    assert main(["evaluate", "--posterior", str(cnn_run), "--num-samples", "8", "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert "OOD detection: AUROC" in table and "phase-shuffled" in table and "accuracy at coverage 0.9" in table
+    assert main(["evaluate", "--posterior", str(cnn_run), "--num-samples", "8", "--json", "--no-ood"]) == 0
+    assert json.loads(capsys.readouterr().out)["uncertainty"] is None
+    assert main(["evaluate", "--posterior", str(cnn_run), "--num-samples", "8", "--no-ood"]) == 0
+    assert "OOD" not in capsys.readouterr().out
+
+
 def test_evaluate_table_defaults_to_training_dataset(cnn_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     assert main(["evaluate", "--model-file", str(cnn_run / "model.pt"), "--num-samples", "4"]) == 0

@@ -119,6 +119,20 @@ def test_teacher_recipe_drives_fit_parser() -> None:
     assert args.kl_weight == d.kl_weight
     assert args.dataset == "mnist1d" and args.model == "cnn"
     assert args.threads is None and args.allow_imports is False and args.seed == RunSettings().seed
+    assert args.ood is True and cli.build_parser().parse_args(["fit", "--out", "x", "--no-ood"]).ood is False
+
+
+def test_fit_reports_ood_detection_unless_no_ood(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["fit", *TINY, "--out", str(tmp_path / "on")]) == 0
+    printed = capsys.readouterr().out
+    u = json.loads((tmp_path / "on" / "metrics.json").read_text())["uncertainty"]
+    assert u["kinds"] == ["inverted", "rotated", "noise"] and u["num_samples"] == 2 and u["applicable"] is True
+    assert "OOD detection: AUROC" in printed and "rotated" in printed and "selective area" in printed
+    (tmp_path / "run.toml").write_text("ood = false\n")  # the run-configuration file's key
+    assert main(["fit", *TINY, "--out", str(tmp_path / "off"), "--config", str(tmp_path / "run.toml")]) == 0
+    m = json.loads((tmp_path / "off" / "metrics.json").read_text())
+    assert m["uncertainty"] is None and m["config"]["ood"] is False and "OOD" not in capsys.readouterr().out
 
 
 def test_local_reparam_option_values() -> None:
