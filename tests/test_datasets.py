@@ -50,7 +50,9 @@ def assert_bundles_equal(a: datasets.DatasetBundle, b: datasets.DatasetBundle) -
 
 
 def test_available_lists_all_names() -> None:
-    assert datasets.available() == ["digits", "mnist1d", "synthetic-regression"]
+    assert datasets.available() == [
+        "digits", "mnist1d", "privileged-clean-features", "privileged-clean-labels", "privileged-relevant-features",
+        "privileged-sample-dependent", "privileged-sample-dependent-code", "synthetic-regression"]
 
 
 # --- shapes, dtypes, sizes ---------------------------------------------------------

@@ -18,6 +18,11 @@ Datasets (see :func:`available`):
 ``"synthetic-regression"``
     Linear-Gaussian regression of Grabovoy & Strijov (2021): 900 train /
     124 test, 10 inputs, ``[N, 1]`` targets; see :func:`synthetic_regression`.
+``"privileged-clean-labels"``, ``"privileged-clean-features"``, ``"privileged-relevant-features"``, ``"privileged-sample-dependent"``, ``"privileged-sample-dependent-code"``
+    The synthetic setups of Lopez-Paz et al. (2016), section 5: 200 train /
+    10,000 test triplets ``(x, x*, y)``, ``d = 50``, 2 classes; the splits
+    are :class:`PrivilegedDataset` (dict examples ``{"x", "privileged", "y"}``)
+    and the seed draws the problem; see :func:`privileged_synthetic`.
 
 The cache directory is ``cache_dir`` if given, else ``$BAYESDISTILL_CACHE``,
 else ``platformdirs.user_cache_dir("bayesdistill")``.
@@ -37,6 +42,7 @@ from ._base import (
 from ._cache import CACHE_ENV_VAR, default_cache_dir
 from ._digits import load_digits
 from ._mnist1d import load_mnist1d, mnist1d_samples
+from ._privileged import PRIVILEGED_EXPERIMENTS, PrivilegedDataset, privileged_synthetic
 from ._synthetic import synthetic_regression
 
 __all__ = [
@@ -47,6 +53,8 @@ __all__ = [
     "default_cache_dir",
     "load",
     "mnist1d_samples",
+    "PrivilegedDataset",
+    "privileged_synthetic",
     "synthetic_regression",
 ]
 
@@ -57,6 +65,10 @@ _REGISTRY: dict[str, _Builder] = {
     "mnist1d": lambda seed, cache_dir: load_mnist1d(cache_dir),
     "digits": lambda seed, cache_dir: load_digits(),
     "synthetic-regression": lambda seed, cache_dir: synthetic_regression(seed=seed),
+    **{
+        name: (lambda seed, cache_dir, e=e, v=v: privileged_synthetic(e, seed=seed, variant=v))
+        for name, (e, v) in PRIVILEGED_EXPERIMENTS.items()
+    },
 }
 
 
@@ -85,8 +97,8 @@ def load(
         (equal counts per class where class sizes allow; e.g. 0.1 of
         MNIST-1D gives 400 rows, 40 per class). The test set is unchanged.
     seed:
-        Seeds the training subset, and for ``"synthetic-regression"`` also the
-        data themselves. The MNIST-1D and digits data do not depend on it.
+        Seeds the training subset, and for ``"synthetic-regression"`` and the
+        ``"privileged-*"`` sets also the data themselves. The MNIST-1D and digits data do not depend on it.
     cache_dir:
         Cache location for generated data (only MNIST-1D uses it).
 
