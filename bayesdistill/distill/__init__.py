@@ -11,6 +11,8 @@
   :class:`VID`, :class:`PKT`, :class:`Hint`, :class:`TinyBERT`; their bases
   :class:`DistillTerm` and :class:`PairTerm`. :func:`heavy_student` two-step transfer (with
   the :class:`DecayWeights` callback).
+- :func:`generalized_distillation`: teacher on privileged inputs, student, distilled student
+  (Lopez-Paz et al. 2016) in one call, with the :class:`PrivilegedKD` term.
 - :func:`narrow` / :func:`pruning_curve`: narrowed architectures of a chain network, and the
   teacher's test metrics after alignment to them (no training), per fraction of units removed.
 """
@@ -32,12 +34,14 @@ from .align import (
     register_criterion,
     register_removal,
 )
+from .generalized import GeneralizedDistillationResult, generalized_distillation
 from .heavy import DecayWeights, HeavyStudentResult, heavy_student
 from .student import student_from_teacher
 from .terms import (
     KD,
     PKT,
     TERMS,
+    PrivilegedKD,
     VID,
     DistillTerm,
     Hint,
@@ -62,8 +66,11 @@ __all__ = [
     "PKT",
     "Hint",
     "TinyBERT",
+    "PrivilegedKD",
     "heavy_student",
     "HeavyStudentResult",
+    "generalized_distillation",
+    "GeneralizedDistillationResult",
     "DecayWeights",
     "DistillTerm",
     "PairTerm",
