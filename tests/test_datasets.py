@@ -52,7 +52,8 @@ def assert_bundles_equal(a: datasets.DatasetBundle, b: datasets.DatasetBundle) -
 def test_available_lists_all_names() -> None:
     assert datasets.available() == [
         "digits", "mnist1d", "privileged-clean-features", "privileged-clean-labels", "privileged-relevant-features",
-        "privileged-sample-dependent", "privileged-sample-dependent-code", "synthetic-regression"]
+        "privileged-sample-dependent", "privileged-sample-dependent-code", "privileged-sample-dependent-top3",
+        "synthetic-regression"]
 
 
 # --- shapes, dtypes, sizes ---------------------------------------------------------

@@ -31,6 +31,11 @@ training set, then the test set (each by the experiment's generator below, in th
      ``<alpha[:3], x_J>`` over the set (balanced classes), not 0. A teacher on ``x*`` sees "the
      three chosen columns" in both sets and generalizes; a student on ``x`` learns the training
      set's columns and is tested on other columns, hence its near-chance accuracy.
+   - ``variant="code-top3"`` (``"privileged-sample-dependent-top3"``): ``synthetic_04`` with the
+     line its final version comments out (``xs = np.sort(xs, axis=1)[:, ::-1][:, 0:3]``): ``x*``
+     are the three largest entries of each ``x_i`` in decreasing order (a sample-dependent ``J_i``
+     that is a function of ``x_i``), ``y = 1[<alpha[:3], x*> > median]``. The label is linear in
+     ``x*`` but not in ``x``.
 
 Inputs are standardized with the training set's mean and (population) standard deviation, per
 feature, separately for ``x`` and ``x*``, as the authors' code does with scikit-learn's
@@ -62,6 +67,7 @@ PRIVILEGED_EXPERIMENTS: Mapping[str, tuple[int, str]] = {
     "privileged-relevant-features": (3, "text"),
     "privileged-sample-dependent": (4, "text"),
     "privileged-sample-dependent-code": (4, "code"),
+    "privileged-sample-dependent-top3": (4, "code-top3"),
 }
 
 _TITLES = {1: "clean labels", 2: "clean features", 3: "relevant features", 4: "sample-dependent relevant features"}
@@ -159,6 +165,11 @@ def _draw(experiment: int, variant: str, alpha: np.ndarray, n: int, rng: np.rand
         J = np.argsort(rng.random((n, d)), axis=1)[:, :3]  # a random 3-subset per example, random order
         xs = np.take_along_axis(x, J, axis=1)
         y = (xs * alpha[J]).sum(1) > 0
+    elif variant == "code-top3":  # synthetic_04 with its commented-out line: the 3 largest entries
+        x = rng.standard_normal((n, d))
+        xs = -np.sort(-x, axis=1)[:, :3]
+        score = xs @ alpha[:3]
+        y = score > np.median(score)
     else:  # the authors' synthetic_04: one J per call, weights alpha[:3], median threshold
         x = rng.standard_normal((n, d))
         J = rng.permutation(d)[:3]
@@ -189,8 +200,8 @@ def privileged_synthetic(
         seed: seeds ``alpha`` and the data (``numpy.random.default_rng``); one seed is one of the
             paper's repetitions.
         standardize: standardize ``x`` and ``x*`` with the training set's statistics.
-        variant: experiment 4 only: ``"text"`` (the paper's definition) or ``"code"`` (the
-            authors' generating code, which the published numbers follow).
+        variant: experiment 4 only: ``"text"`` (the paper's definition), ``"code"`` (the
+            authors' generating code) or ``"code-top3"`` (that code with its commented-out line).
 
     Returns:
         A :class:`DatasetBundle` (``task="classification"``, 2 classes, ``input_shape=(dim,)``)
@@ -200,10 +211,10 @@ def privileged_synthetic(
     """
     if isinstance(experiment, bool) or experiment not in (1, 2, 3, 4):
         raise ValueError(f"experiment must be 1, 2, 3 or 4, got {experiment!r}")
-    if variant not in ("text", "code"):
-        raise ValueError(f"variant must be 'text' or 'code', got {variant!r}")
-    if variant == "code" and experiment != 4:
-        raise ValueError("variant='code' differs from the text only for experiment 4")
+    if variant not in ("text", "code", "code-top3"):
+        raise ValueError(f"variant must be 'text', 'code' or 'code-top3', got {variant!r}")
+    if variant != "text" and experiment != 4:
+        raise ValueError(f"variant={variant!r} differs from the text only for experiment 4")
     n_train = _check_int("n_train", n_train, 2)
     n_test = _check_int("n_test", n_test, 1)
     dim = _check_int("dim", dim, 3)

@@ -99,6 +99,20 @@ def test_experiment_4_code_one_column_set_per_draw_and_a_median_threshold():
                for s in range(3))
 
 
+def test_experiment_4_code_top3_the_three_largest_entries():
+    b = _raw(4, "code-top3")
+    alpha = b.info["alpha"]
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(12)
+    for split, size in ((b.train, 300), (b.test, 500)):
+        top3 = split.x.sort(dim=1, descending=True).values[:, :3]
+        assert torch.equal(split.privileged, top3)  # sample-dependent columns: each row's largest
+        x = rng.standard_normal((size, 12))
+        score = np.sort(x, axis=1)[:, ::-1][:, :3] @ a[:3]
+        np.testing.assert_array_equal(split.y.numpy(), (score > np.median(score)).astype(np.int64))
+    assert torch.equal(alpha, torch.from_numpy(a.astype(np.float32)))
+
+
 def test_standardization_uses_the_training_statistics():
     raw, std = _raw(2), privileged_synthetic(2, n_train=300, n_test=500, dim=12, seed=3)
     for attr in ("x", "privileged"):
@@ -129,7 +143,8 @@ def test_shapes_dtypes_determinism_and_defaults():
 def test_registry_names_and_train_fraction_keep_the_privileged_inputs():
     for name, (e, v) in {"privileged-clean-labels": (1, "text"), "privileged-clean-features": (2, "text"),
                          "privileged-relevant-features": (3, "text"), "privileged-sample-dependent": (4, "text"),
-                         "privileged-sample-dependent-code": (4, "code")}.items():
+                         "privileged-sample-dependent-code": (4, "code"),
+                         "privileged-sample-dependent-top3": (4, "code-top3")}.items():
         b = bd.datasets.load(name, seed=2)
         assert b.name == name and b.info["experiment"] == e and b.info["variant"] == v
         assert isinstance(b.train, PrivilegedDataset) and isinstance(b.test, PrivilegedDataset)
