@@ -71,6 +71,14 @@ LABELS = {
     "privileged-sample-dependent-code": "4 sample-dependent (authors' code)",
     "privileged-sample-dependent-top3": "4 sample-dependent (code, commented line: top 3)",
 }
+SHORT = {
+    "privileged-clean-labels": "1 clean labels",
+    "privileged-clean-features": "2 clean features",
+    "privileged-relevant-features": "3 relevant features",
+    "privileged-sample-dependent": "4 text",
+    "privileged-sample-dependent-code": "4 code",
+    "privileged-sample-dependent-top3": "4 code, top 3",
+}
 REPRODUCE = ("privileged-clean-labels", "privileged-clean-features", "privileged-relevant-features")
 SWEEP = ("privileged-clean-labels", "privileged-relevant-features")
 ROLES = ("teacher", "student", "distilled")
@@ -220,6 +228,9 @@ def render(summary: dict[str, Any]) -> str:
         lines.append("")
         for name, (ok, why) in bars.items():
             lines.append(f"- bar: {name}: **{bar_text(ok)}** ({why})")
+    if "wall_s" in summary:
+        lines.append(f"\nWall time: {summary['wall_s'] / 60:.0f} min for all the runs above, one after the other, "
+                     f"{cfg.get('threads', 1)} thread (torch.set_num_threads), on a shared 2-core machine.")
     return "\n".join(lines)
 
 
@@ -245,7 +256,7 @@ def figures(summary: dict[str, Any], folder: Path) -> list[Path]:
                    yerr=[summary["paper"][n][role][1] for n in names], color=colors[role], alpha=0.35,
                    hatch="//", label=f"{role} (paper)")
         ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([LABELS[n].replace(" (", "\n(") for n in names], fontsize=8)
+        ax.set_xticklabels([SHORT[n] for n in names], fontsize=8)
         ax.set_ylim(40, 100)
         ax.set_ylabel("test accuracy %")
         ax.legend(fontsize=7, ncol=3, loc="lower left")
@@ -324,7 +335,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                 write_json(str(path), "privileged.json", payload)
     summary = summary_payload(payload)
     print(render(summary))
-    print(f"\nwall time of the runs: {summary['wall_s'] / 60:.1f} min (sum over runs, {cfg.threads} thread(s))")
     if cfg.docs:
         DOCS_JSON.parent.mkdir(parents=True, exist_ok=True)
         DOCS_JSON.write_text(json.dumps(summary, indent=1) + "\n")
