@@ -270,3 +270,15 @@ def test_data_free_student_uses_only_reconstructed_inputs_and_the_teachers_label
     assert labels.shape == (60,) and labels.dtype == torch.long
     with pytest.raises(DataError, match="inputs"):
         df.distill_on_inputs(student, teacher, torch.zeros(5), epochs=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_reconstruction_on_cuda_matches_the_cpu():
+    x, y = data()
+    teacher = mlp()
+    rec = df.record(teacher, (x, y), kind="all", temperature=T)
+    cpu = df.reconstruct(teacher, rec, 12, steps=50, batch_size=5, progress=False, seed=1, device="cpu")
+    gpu = df.reconstruct(teacher, rec, 12, steps=50, batch_size=5, progress=False, seed=1, device="cuda")
+    assert gpu.x.device.type == "cpu"  # results come back to the CPU
+    torch.testing.assert_close(gpu.x, cpu.x, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(gpu.loss_end, cpu.loss_end, rtol=1e-3, atol=1e-4)

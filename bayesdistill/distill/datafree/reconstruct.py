@@ -210,7 +210,8 @@ def reconstruct(
                 opt.step()
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss):.4g}") if bar.n % 50 == 0 else None
+                    if bar.n % 50 == 0:
+                        bar.set_postfix(loss=f"{float(loss):.4g}")
             with torch.no_grad():
                 ends.append(per_example(x, runner.run(x), c, tg).cpu())
             xs.append(x.detach().cpu())

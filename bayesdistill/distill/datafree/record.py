@@ -58,6 +58,12 @@ _FORMAT = "bayesdistill.activation_record"
 _VERSION = 1
 
 
+def block_features(layers: Sequence[str], basis: Optional[Tensor], acts: dict[str, Tensor]) -> Tensor:
+    """The layers' activations flattened and concatenated ``[B, N]``, times ``basis`` (``[N, D]``) if any."""
+    flat = torch.cat([acts[l].reshape(acts[l].shape[0], -1) for l in layers], 1)
+    return flat @ basis.to(flat) if basis is not None else flat
+
+
 @dataclass
 class Block:
     """One recorded feature of the teacher's activations.
@@ -84,8 +90,7 @@ class Block:
 
     def features(self, acts: dict[str, Tensor]) -> Tensor:
         """The block's feature ``[B, D]`` from the layers' activations ``{layer: [B, ...]}``."""
-        flat = torch.cat([acts[l].reshape(acts[l].shape[0], -1) for l in self.layers], 1)
-        return flat @ self.basis.to(flat) if self.basis is not None else flat
+        return block_features(self.layers, self.basis, acts)
 
     def state(self) -> dict[str, Any]:
         return {"name": self.name, "layers": list(self.layers), "mean": self.mean, "cov": self.cov,
@@ -348,7 +353,7 @@ def record(
     kind: str = "all",
     layers: Optional[Sequence[str]] = None,
     temperature: float = 8.0,
-    spectral_fraction: float = 0.1,
+    spectral_fraction: float = 0.3,
     batch_size: int = 512,
     device: Union[str, torch.device, None] = None,
     metadata: Optional[dict[str, Any]] = None,
@@ -432,7 +437,7 @@ def record(
         acts = runner.run(x)
         out_width[0] = int(acts[OUTPUT].reshape(len(x), -1).shape[1])
         for i, (name, ls, basis) in enumerate(specs):
-            f = Block(name, ls, torch.empty(0, 0), torch.empty(0), basis).features(acts).double()
+            f = block_features(ls, basis, acts).double()
             mins[i] = min(mins[i], float(f.min()))
             for c in y.unique().tolist():
                 fc = f[y == c]
