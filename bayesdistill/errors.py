@@ -15,6 +15,7 @@ __all__ = [
     "FileFormatError",
     "PosteriorFormatError",
     "PosteriorMismatchError",
+    "RecordMismatchError",
     "NonFiniteLossError",
     "RunExistsError",
     "ResumeMismatchError",
@@ -49,6 +50,11 @@ class PosteriorFormatError(FileFormatError):
 
 class PosteriorMismatchError(BayesDistillError, ValueError):
     """A posterior whose parameter names or shapes belong to another network."""
+
+
+class RecordMismatchError(BayesDistillError, ValueError):
+    """A teacher's activation record (data-free distillation) used with another teacher: its
+    architecture or its weights differ from those the record was made from."""
 
 
 class NonFiniteLossError(BayesDistillError, FloatingPointError):

@@ -50,7 +50,10 @@ def assert_bundles_equal(a: datasets.DatasetBundle, b: datasets.DatasetBundle) -
 
 
 def test_available_lists_all_names() -> None:
-    assert datasets.available() == ["cifar10", "cifar100", "digits", "image-folder", "mnist1d", "synthetic-regression"]
+    assert datasets.available() == [
+        "cifar10", "cifar100", "digits", "image-folder", "mnist1d", "privileged-clean-features", "privileged-clean-labels", "privileged-relevant-features",
+        "privileged-sample-dependent", "privileged-sample-dependent-code", "privileged-sample-dependent-top3",
+        "synthetic-regression"]
 
 
 # --- shapes, dtypes, sizes ---------------------------------------------------------

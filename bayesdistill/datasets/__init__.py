@@ -29,6 +29,11 @@ Datasets (see :func:`available`):
 Out-of-distribution sets (:func:`ood`, kinds per data set in :func:`ood_kinds`): an
 :class:`OODSet` holds a trainable in-distribution bundle and OOD inputs (held-out classes,
 transformed test inputs, noise) with a description of what shifts.
+``"privileged-clean-labels"``, ``"privileged-clean-features"``, ``"privileged-relevant-features"``, ``"privileged-sample-dependent"``, ``"privileged-sample-dependent-code"``
+    The synthetic setups of Lopez-Paz et al. (2016), section 5: 200 train /
+    10,000 test triplets ``(x, x*, y)``, ``d = 50``, 2 classes; the splits
+    are :class:`PrivilegedDataset` (dict examples ``{"x", "privileged", "y"}``)
+    and the seed draws the problem; see :func:`privileged_synthetic`.
 
 The cache directory is ``cache_dir`` if given, else ``$BAYESDISTILL_CACHE``,
 else ``platformdirs.user_cache_dir("bayesdistill")``. Local copies of CIFAR
@@ -54,6 +59,7 @@ from ._digits import load_digits
 from ._folder import load_image_folder
 from ._mnist1d import load_mnist1d, mnist1d_samples
 from ._ood import DEFAULT_HELD_OUT, OODSet, ood, ood_kinds
+from ._privileged import PRIVILEGED_EXPERIMENTS, PrivilegedDataset, privileged_synthetic
 from ._synthetic import synthetic_regression
 
 __all__ = [
@@ -71,6 +77,8 @@ __all__ = [
     "ood_kinds",
     "OODSet",
     "DEFAULT_HELD_OUT",
+    "PrivilegedDataset",
+    "privileged_synthetic",
     "synthetic_regression",
 ]
 
@@ -97,6 +105,10 @@ _REGISTRY: dict[str, _Builder] = {
     "cifar10": lambda seed, cache_dir, root=None, **options: load_cifar("cifar10", root, **options),
     "cifar100": lambda seed, cache_dir, root=None, **options: load_cifar("cifar100", root, **options),
     "image-folder": lambda seed, cache_dir, root=None, **options: load_image_folder(root, **{"seed": seed, **options}),
+    **{
+        name: _plain(name, lambda seed, cache_dir, e=e, v=v: privileged_synthetic(e, seed=seed, variant=v))
+        for name, (e, v) in PRIVILEGED_EXPERIMENTS.items()
+    },
 }
 
 
@@ -127,8 +139,8 @@ def load(
         (equal counts per class where class sizes allow; e.g. 0.1 of
         MNIST-1D gives 400 rows, 40 per class). The test set is unchanged.
     seed:
-        Seeds the training subset, and for ``"synthetic-regression"`` also the
-        data themselves. The MNIST-1D and digits data do not depend on it.
+        Seeds the training subset, and for ``"synthetic-regression"`` and the
+        ``"privileged-*"`` sets also the data themselves. The MNIST-1D and digits data do not depend on it.
     cache_dir:
         Cache location for generated data (only MNIST-1D uses it).
     root:

@@ -95,11 +95,13 @@ class DatasetBundle:
     def tensors(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the ``(inputs, targets)`` tensors of ``"train"`` or ``"test"``.
 
-        The tensors are the ones stored in the dataset (not copies).
+        The tensors are the ones stored in the dataset (not copies). A split with further
+        tensors (e.g. a :class:`~bayesdistill.datasets.PrivilegedDataset`'s privileged inputs)
+        still gives its first two.
         """
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-        x, y = getattr(self, split).tensors
+        x, y = getattr(self, split).tensors[:2]
         return x, y
 
     def __repr__(self) -> str:
@@ -193,7 +195,8 @@ def subset_train(
         y, fraction, stratify=bundle.task == "classification", seed=seed
     )
     info = {**bundle.info, "train_fraction": fraction, "subset_seed": seed}
-    # a training split that transforms its examples (augmentation) keeps doing so
+    # a split with its own subset keeps what it adds: augmentation (AugmentedTensors),
+    # further tensors (PrivilegedDataset)
     subset = getattr(bundle.train, "subset", None)
     train = subset(idx) if callable(subset) else TensorDataset(x[idx], y[idx])
     return replace(bundle, train=train, info=info)

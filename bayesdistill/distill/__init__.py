@@ -11,6 +11,10 @@
   :class:`VID`, :class:`PKT`, :class:`Hint`, :class:`TinyBERT`; their bases
   :class:`DistillTerm` and :class:`PairTerm`. :func:`heavy_student` two-step transfer (with
   the :class:`DecayWeights` callback).
+- :func:`generalized_distillation`: teacher on privileged inputs, student, distilled student
+  (Lopez-Paz et al. 2016) in one call, with the :class:`PrivilegedKD` term.
+- :mod:`.datafree`: data-free distillation from a teacher's activation record (Lopes et al.
+  2017): ``record``, ``reconstruct``, ``data_free_student``.
 - :func:`narrow` / :func:`pruning_curve`: narrowed architectures of a chain network, and the
   teacher's test metrics after alignment to them (no training), per fraction of units removed.
 """
@@ -34,12 +38,15 @@ from .align import (
     register_criterion,
     register_removal,
 )
+from . import datafree
+from .generalized import GeneralizedDistillationResult, generalized_distillation
 from .heavy import DecayWeights, HeavyStudentResult, heavy_student
 from .student import student_from_teacher
 from .terms import (
     KD,
     PKT,
     TERMS,
+    PrivilegedKD,
     VID,
     DistillTerm,
     Hint,
@@ -64,8 +71,12 @@ __all__ = [
     "PKT",
     "Hint",
     "TinyBERT",
+    "PrivilegedKD",
     "heavy_student",
     "HeavyStudentResult",
+    "generalized_distillation",
+    "GeneralizedDistillationResult",
+    "datafree",
     "DecayWeights",
     "DistillTerm",
     "PairTerm",

@@ -9,6 +9,9 @@ Data sets yield batches in many shapes. The default adapter, :func:`default_batc
 
 - a tensor (inputs only),
 - a tuple or list ``(x, y)`` (further items go to ``side["extra"]``),
+- a ``TensorDataset`` ``(x, y, *more)`` whose attribute ``side_names`` names the further tensors
+  (e.g. :class:`bayesdistill.datasets.PrivilegedDataset`, ``side_names = ("privileged",)``):
+  sliced on the fast tensor path into ``side[name]``,
 - a mapping with an input key (``"x"``, ``"input"``, ``"inputs"``) and optionally a target key
   (``"y"``, ``"target"``, ``"targets"``, ``"label"``, ``"labels"``); every other key goes to
   ``side``.
@@ -137,6 +140,8 @@ class Batches:
         self.loader: Optional[DataLoader] = None
         self.dataset: Optional[Dataset] = None
         self.tensors: Optional[tuple[Tensor, ...]] = None
+        #: names of the tensors after (x, y) of a TensorDataset that declares ``side_names``
+        self.side_names: tuple[str, ...] = tuple(getattr(data, "side_names", None) or ())
         if torch.is_tensor(data):
             data = (data,)
         if isinstance(data, (tuple, list)) and data and all(torch.is_tensor(t) for t in data):
@@ -219,13 +224,22 @@ class Batches:
                 for idx in local:
                     idx = idx.to(self.device)
                     x, *rest = (t.index_select(0, idx) for t in self.tensors)
-                    yield Batch(x, rest[0] if rest else None, {"extra": tuple(rest[1:])} if len(rest) > 1 else {})
+                    yield Batch(x, rest[0] if rest else None, self._side(rest[1:]))
                 return
             loader = DataLoader(self.dataset, batch_sampler=[idx.tolist() for idx in local])
         for i, raw in enumerate(loader, start=1):
             batch = _adapted(self.adapter, raw)
             _check_finite(batch, i, epoch, self.what)  # on the host, before the copy: no device sync
             yield batch.to(self.device)
+
+    def _side(self, extra: list[Tensor]) -> dict[str, Any]:
+        """Side inputs of the fast tensor path: named by ``side_names`` when the data set declares
+        them (one name per further tensor), else ``{"extra": (...)}``."""
+        if not extra:
+            return {}
+        if len(self.side_names) == len(extra):
+            return dict(zip(self.side_names, extra))
+        return {"extra": tuple(extra)}
 
     def first(self) -> Batch:
         """The first batch of epoch 0."""
@@ -236,7 +250,7 @@ class Batches:
         for shape checks and for the terms' setup."""
         if self.tensors is not None:
             x, *rest = (t[:n] for t in self.tensors)
-            return Batch(x, rest[0] if rest else None, {"extra": tuple(rest[1:])} if len(rest) > 1 else {})
+            return Batch(x, rest[0] if rest else None, self._side(rest[1:]))
         parts: list[Batch] = []
         count = 0
         source = self.epoch(0) if self.loader is not None else Batches(

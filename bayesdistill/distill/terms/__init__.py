@@ -7,7 +7,8 @@ name in one registry.
 - :mod:`.registry`: :func:`register_term`, :data:`TERMS`, :func:`available_terms`,
   :func:`get_term` and the command-line helpers;
 - the terms: :class:`KD` (``kd``), :class:`VID` (``vid``), :class:`PKT` (``pkt``),
-  :class:`Hint` (``hint``), :class:`TinyBERT` (``tinybert``).
+  :class:`Hint` (``hint``), :class:`TinyBERT` (``tinybert``), :class:`PrivilegedKD`
+  (``privileged_kd``, generalized distillation: the teacher reads privileged inputs).
 
 Every term reports ``loss`` (the batch mean of -log_factor, before the weight, nats per example)
 and its own metrics; ``bd.fit`` records them as ``distill/<name>/<metric>`` history columns.
@@ -34,10 +35,11 @@ from .vid import VID, gaussian_entropy  # noqa: E402  isort: skip
 from .pkt import PKT  # noqa: E402  isort: skip
 from .hint import Hint  # noqa: E402  isort: skip
 from .tinybert import TinyBERT, attention_weights  # noqa: E402  isort: skip
+from .privileged import PrivilegedKD  # noqa: E402  isort: skip
 
 __all__ = [
     "DistillTerm", "PairTerm", "TeacherFeatures", "default_pairs",
-    "KD", "VID", "PKT", "Hint", "TinyBERT", "gaussian_entropy", "attention_weights",
+    "KD", "VID", "PKT", "Hint", "TinyBERT", "PrivilegedKD", "gaussian_entropy", "attention_weights",
     "TERMS", "TermOption", "TermSpec", "register_term", "unregister_term", "available_terms", "get_term",
     "add_term_options", "term_options", "terms_from_options", "term_defaults",
 ]
