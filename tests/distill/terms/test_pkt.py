@@ -177,3 +177,19 @@ def test_pkt_weight_means_the_same_for_any_feature_size_and_scale():
         out.append(pkt.pair_log_factors(None, {"s": s}, None, {"t": tt})[0])
     torch.testing.assert_close(out[1], out[0])
     torch.testing.assert_close(out[2], out[0])
+
+
+def test_pkt_kl_hardly_depends_on_the_batch_size():
+    """KL(P_i || Q_i) is an average over the neighbours under P_i: on the same data, split into
+    batches of 8 or of 512, its mean per example changes little (the normalizer u likewise)."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.relu(torch.randn(1024, 32, generator=g) @ torch.randn(32, 32, generator=g))
+    s = torch.relu(t @ torch.randn(32, 16, generator=g) * 0.3 + torch.randn(1024, 16, generator=g))
+    pkt = PKT(nn.Identity(), {"t": "s"}, normalize="none")
+    kl, u = {}, {}
+    for b in (8, 512):
+        kl[b] = torch.cat([-pkt.pair_log_factors(None, {"s": s[k:k + b]}, None, {"t": t[k:k + b]})[0]
+                           for k in range(0, 1024, b)]).mean()
+        u[b] = sum(pkt.uniform_kl(t[k:k + b]) for k in range(0, 1024, b)) / (1024 // b)
+    assert float(kl[8]) == pytest.approx(float(kl[512]), rel=0.2)
+    assert u[8] == pytest.approx(u[512], rel=0.2)
