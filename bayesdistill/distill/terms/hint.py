@@ -89,7 +89,7 @@ class Hint(PairTerm):
         self.reduction = check_reduction("Hint", reduction)
         self.normalize = check_normalize("Hint", normalize)
         self.proj = nn.ModuleDict()
-        #: v_i per pair (1.0 with normalize="none"), set by :meth:`setup`
+        #: v_i per pair (1.0 with normalize="none"), set by :meth:`setup` with the projections
         self.variances: dict[int, float] = {}
 
     def setup(self, s_out, s_feats, t_out, t_feats) -> None:

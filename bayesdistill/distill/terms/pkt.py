@@ -71,7 +71,7 @@ class PKT(PairTerm):
                              f"'none' (nats), got {normalize!r}")
         self.normalize = normalize
         self.eps = eps
-        #: u per pair (1.0 with normalize="none"), set by :meth:`setup`
+        #: u per pair (1.0 with normalize="none"), set by :meth:`setup` (before it, 1.0: nats)
         self.scales: dict[int, float] = {}
 
     def _cond(self, f: Tensor) -> Tensor:
