@@ -245,7 +245,8 @@ def run_a(seed: int, variant: str, spec: dict[str, Any], cfg: argparse.Namespace
     terms = []
     if spec["vid"]:
         w = spec["vid_weight"] if spec["vid_weight"] is not None else vid_weight
-        terms.append(VID(teacher, VID_PAIRS_MLP, weight=w, teacher_mode=spec["teacher_mode"]))
+        # reduction="sum": lambda multiplies the exact log-density (the setting of the documented runs)
+        terms.append(VID(teacher, VID_PAIRS_MLP, weight=w, reduction="sum", teacher_mode=spec["teacher_mode"]))
     if spec["kd"]:
         terms.append(KD(teacher, temperature=spec["T"], weight=spec["kd_weight"], teacher_mode=spec["teacher_mode"]))
     transfer = bd.datasets.mnist1d_samples(cfg.transfer_size, seed=1000 + seed) if spec["transfer"] else None
@@ -282,7 +283,7 @@ def run_b(seed: int, variant: str, spec: dict[str, Any], cfg: argparse.Namespace
         student = bd.BNN(net, prior=prior, dataset_size=len(small.train), init="prior-mean")
     else:
         student = bd.BNN(net, prior=bd.priors.Normal(scale=1.0), dataset_size=len(small.train))
-    terms = [VID(teacher, VID_PAIRS_CNN, weight=cfg.cnn_vid_weight)] if spec["vid"] else []
+    terms = [VID(teacher, VID_PAIRS_CNN, weight=cfg.cnn_vid_weight, reduction="sum")] if spec["vid"] else []
     t0 = time.perf_counter()
     res = bd.fit(student, small.train, epochs=cfg.cnn_epochs, lr=cfg.lr, lr_schedule="cosine", batch_size=64,
                  kl_weight=cfg.kl_weight, seed=seed, progress=False, distill=terms)

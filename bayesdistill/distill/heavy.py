@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from torch import nn
 
@@ -24,6 +24,7 @@ from ..bnn.network import BNN
 from ..infer.callbacks import Callback
 from ..infer.fit import FitResult, fit
 from ..infer.objective import Term
+from .terms.base import default_pairs
 from .terms.pkt import PKT
 
 if TYPE_CHECKING:
@@ -81,12 +82,13 @@ def heavy_student(
     student: BNN,
     data: Any,
     *,
-    teacher_pairs: Mapping[str, str],
-    pairs: Mapping[str, str],
+    teacher_pairs: Optional[Mapping[str, str]] = None,
+    pairs: Optional[Mapping[str, str]] = None,
     epochs: Union[int, tuple[int, int]] = 30,
     weight: float = 1.0,
     intermediate_weight: float = 10.0,
     decay: float = 0.7,
+    normalize: str = "uniform",
     transfer: Any = None,
     **fit_kwargs: Any,
 ) -> HeavyStudentResult:
@@ -98,14 +100,19 @@ def heavy_student(
         student: the student (a BNN).
         data: labelled training data for both stages.
         teacher_pairs: teacher path -> auxiliary path of the final representations matched in
-            stage 1 (one PKT term, ``weight``).
+            stage 1 (one PKT term, ``weight``); default: the teacher's last hidden layer -> the
+            auxiliary's (:func:`~bayesdistill.distill.default_pairs`).
         pairs: auxiliary path -> student path for stage 2; the *last* pair is the final one
             (the term ``pkt``, constant ``weight``), the others are intermediate (the term
-            ``pkt_intermediate``, ``intermediate_weight``, decaying).
+            ``pkt_intermediate``, ``intermediate_weight``, decaying); default: the auxiliary's
+            last hidden layer -> the student's (one final pair, no intermediate ones).
         epochs: epochs of both stages, or ``(stage1, stage2)``.
         weight: PKT weight of the final pairs.
         intermediate_weight: initial PKT weight of the intermediate pairs (high: the critical period).
         decay: per-epoch multiplier of the intermediate weights (0.7 in the paper), in (0, 1].
+        normalize: the PKT terms' ``normalize`` (:class:`~bayesdistill.distill.PKT`): ``"uniform"``
+            (default: each KL in units of the teacher's KL from uniform, so ``weight=1`` is about
+            one label's worth) or ``"none"`` (nats, the paper's and this function's before).
         transfer: optional unlabelled inputs used by both stages.
         **fit_kwargs: passed to both :func:`bayesdistill.fit` calls (lr, batch_size, seed, ...).
 
@@ -118,19 +125,22 @@ def heavy_student(
     """
     if not 0 < decay <= 1:
         raise ValueError(f"decay must be in (0, 1], got {decay}")
-    teacher_pairs = _pairs("teacher_pairs", teacher_pairs)
-    pairs = _pairs("pairs", pairs)
+    teacher_pairs = (default_pairs(teacher, auxiliary, "heavy_student (teacher -> auxiliary)")
+                     if teacher_pairs is None else _pairs("teacher_pairs", teacher_pairs))
+    pairs = (default_pairs(auxiliary, student, "heavy_student (auxiliary -> student)")
+             if pairs is None else _pairs("pairs", pairs))
     e1, e2 = (epochs, epochs) if isinstance(epochs, int) else epochs
     root = fit_kwargs.pop("checkpoint_dir", None)
     dirs = (None, None) if root is None else (Path(root) / "auxiliary", Path(root) / "student")
-    stage1 = fit(auxiliary, data, epochs=e1, distill=[PKT(teacher, teacher_pairs, weight=weight)], transfer=transfer,
+    stage1 = fit(auxiliary, data, epochs=e1, distill=[PKT(teacher, teacher_pairs, weight=weight, normalize=normalize)],
+                 transfer=transfer,
                  checkpoint_dir=dirs[0], **fit_kwargs)
 
     # on resume, fit restores the decayed weights with the terms' state (Term extra state)
     items = list(pairs.items())
-    intermediate = ([PKT(auxiliary, dict(items[:-1]), weight=intermediate_weight, name="pkt_intermediate")]
-                    if len(items) > 1 else [])
-    terms = [*intermediate, PKT(auxiliary, dict(items[-1:]), weight=weight)]
+    intermediate = ([PKT(auxiliary, dict(items[:-1]), weight=intermediate_weight, normalize=normalize,
+                         name="pkt_intermediate")] if len(items) > 1 else [])
+    terms = [*intermediate, PKT(auxiliary, dict(items[-1:]), weight=weight, normalize=normalize)]
     callbacks = list(fit_kwargs.pop("callbacks", ())) + [DecayWeights(intermediate, decay)]
     stage2 = fit(student, data, epochs=e2, distill=terms, transfer=transfer, callbacks=callbacks,
                  checkpoint_dir=dirs[1], **fit_kwargs)

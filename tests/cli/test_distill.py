@@ -238,7 +238,7 @@ def test_kd_vid_cnn_to_mlp_writes_all_artefacts(kd_vid: Path) -> None:
     fs = m["function_space"]
     # the default pair: the teacher's ReLU before the Flatten -> the student's last hidden ReLU
     assert fs["pairs"] == {"6": "4"} and fs["terms"] == ["kd", "vid"] and fs["transfer_size"] == 0
-    assert fs["settings"] == {k: FUNCTION_SPACE_DEFAULTS[k] for k in ("kd_temperature", "kd_weight", "vid_weight")}
+    assert fs["settings"] == {k: FUNCTION_SPACE_DEFAULTS[k] for k in ("kd_temperature", "kd_weight", "vid_weight", "vid_reduction")}
     assert set(fs["final"]) >= {"distill/kd/loss", "distill/vid/loss", "distill/vid/pair0/mi_bound"}
     for key in ("teacher", "distilled", "plain"):
         assert 0.0 <= m[key]["test"]["accuracy"] <= 1.0 and m[key]["test"]["num_samples"] == 2
@@ -339,7 +339,7 @@ def test_function_space_options_parse() -> None:
     args = parse(["distill", "--teacher", "t.pt", "--student", "mlp", "--out", "x", "--method", "KD, vid,kd",
                   "--pairs", "8:4, 6:2", "--transfer", "10"])
     assert args.method == ("kd", "vid") and args.pairs == {"8": "4", "6": "2"} and args.transfer == 10
-    assert set(METHODS) == {"prior", "kd", "vid", "pkt", "hint", "tinybert"}  # prior and the registered terms
+    assert set(METHODS) == {"prior", "kd", "vid", "pkt", "hint", "tinybert", "privileged_kd"}  # prior and the registered terms
     for bad in (["--method", "magic"], ["--method", ""], ["--vid-pairs", "8"], ["--vid-pairs", "8:4,8:2"],
                 ["--transfer", "0"], ["--kd-weight", "1.5"], ["--vid-weight", "0"]):
         with pytest.raises(SystemExit) as exc:

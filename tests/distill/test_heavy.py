@@ -96,3 +96,26 @@ def test_decay_weights_is_a_callback_on_any_terms():
             DecayWeights([a], bad)
     with pytest.raises(TypeError, match="Term"):
         DecayWeights([nn.Linear(2, 2)], 0.5)
+
+
+def test_heavy_student_defaults_pair_the_last_hidden_layers_and_normalize_pkt():
+    """Without pairs: teacher's last hidden layer -> the auxiliary's, then the auxiliary's -> the
+    student's (one final pair, no intermediate term); the PKT terms use PKT's default
+    normalization unless ``normalize="none"``."""
+    x, y = toy_classification(40)
+    teacher = bd.BNN(tiny_mlp(hidden=12, seed=0), dataset_size=40)
+    aux = bd.BNN(tiny_mlp(hidden=12, seed=1), dataset_size=40)
+    student = _student()
+    seen = []
+
+    class Record(Callback):  # the terms of each stage's objective
+        def on_fit_start(self, engine):
+            seen.append([(t.name, dict(t.pairs), t.normalize) for t in engine.objective.terms])
+
+    res = heavy_student(teacher, aux, student, (x, y), epochs=1, batch_size=20, progress=False, callbacks=[Record()])
+    assert seen == [[("pkt", {"1": "1"}, "uniform")], [("pkt", {"1": "3"}, "uniform")]]
+    assert "distill/pkt_intermediate/loss" not in res.student.history[0]
+    seen.clear()
+    heavy_student(teacher, aux, student, (x, y), epochs=1, batch_size=20, progress=False, callbacks=[Record()],
+                  normalize="none")
+    assert seen == [[("pkt", {"1": "1"}, "none")], [("pkt", {"1": "3"}, "none")]]

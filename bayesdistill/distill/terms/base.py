@@ -19,6 +19,26 @@ likelihood and the KL to the prior:
 
 Features are read by forward hooks on module paths (:class:`~bayesdistill.bnn.FeatureTaps`):
 nobody rewrites ``forward()``.
+
+**The weight convention** (docs/function-space.md, "Weights"). A term's log-factor is in nats
+per example on the scale of one label's log-likelihood, whatever the size or scale of the
+features it reads, so that ``weight=1`` means "as much as one label" for every term and every
+feature shape:
+
+- terms over feature elements reduce them by their mean (``reduction="mean"``, the default of
+  :class:`VID`, :class:`Hint`, :class:`TinyBERT`): a feature map duplicated along its channels
+  gives the same log-factor. ``reduction="sum"`` keeps the exact sum (for VID the exact
+  log-density of q(t | s), D times the mean for D elements);
+- squared errors are in units of the teacher feature's variance (``normalize="variance"``,
+  Hint and TinyBERT), PKT's KL in units of the teacher's KL from uniform (``normalize="uniform"``):
+  scales measured on the probe batch in :meth:`~bayesdistill.infer.Term.setup`, from the data;
+- KD at T = 1 is the log-likelihood of the teacher's soft label, sharing each example's one label
+  with the true label (``(1 - a)`` and ``a``).
+
+Within the ELBO a weight ``lambda`` on a log-factor ``log f`` is the tempered factor
+``f^lambda`` of a generalized-Bayes pseudo-likelihood; with ``reduction="mean"`` VID's factor is
+``q(t | s)^(lambda / D)``. The ELBO then bounds the log-evidence of that tempered model (see
+:class:`VID`).
 """
 
 from __future__ import annotations
@@ -36,10 +56,22 @@ from ...bnn.taps import FeatureTaps, last_hidden_layer
 from ...infer.batches import Batch
 from ...infer.objective import Term
 
-__all__ = ["TeacherFeatures", "DistillTerm", "PairTerm", "default_pairs"]
+__all__ = ["TeacherFeatures", "DistillTerm", "PairTerm", "default_pairs", "REDUCTIONS", "check_reduction"]
 
 #: A weight: one number for all pairs, or a number per pair (teacher path -> weight).
 Weight = Union[float, Mapping[str, float]]
+
+#: How a term over feature elements reduces them per example: ``"mean"`` (per element, the
+#: default: weights comparable across feature sizes) or ``"sum"`` (the exact log-density).
+REDUCTIONS = ("mean", "sum")
+
+
+def check_reduction(owner: str, reduction: Any) -> str:
+    """``reduction`` if it is one of :data:`REDUCTIONS`, else ``ValueError`` naming ``owner``."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{owner}: reduction must be 'mean' (per feature element) or 'sum' (the exact "
+                         f"log-density), got {reduction!r}")
+    return reduction
 
 
 class TeacherFeatures:
@@ -98,13 +130,16 @@ class DistillTerm(Term):
 
     Subclasses set ``student_paths``/``teacher_paths`` (module paths to tap; the network output
     is always available) and implement :meth:`log_factor`, the per-example contribution ``[B]``
-    in nats (higher = student closer to teacher), *before* the term's weight. The teacher is the
+    in nats (higher = student closer to teacher), *before* the term's weight, on the scale of one
+    label's log-likelihood (the module's weight convention: per feature element, in units the
+    data define, so that ``weight=1`` is "as much as one label"). The teacher is the
     term's reference (:class:`~bayesdistill.infer.Term`): terms sharing a teacher (and its mode)
     share one teacher pass per step, and the engine moves it to the training device.
 
     Metrics (:attr:`metrics`, history columns ``distill/<name>/<metric>``): every term reports
     ``loss``, the batch mean of ``-log_factor`` per example *before the weight*, in nats per
-    example (for VID: minus the summed log-density of its pairs); pair terms add
+    example (for VID: minus the sum over its pairs of log q(t|s) / D, or of the exact log q(t|s)
+    with ``reduction="sum"``); pair terms add
     ``pair<i>/loss`` (and their own ``pair<i>/<metric>``). A term reports only its own metrics:
     the engine adds the ``distill/<name>/`` prefix.
 

@@ -12,6 +12,13 @@ For paired layers (teacher module path -> student module path):
 
 All enter the student's Pyro objective as one per-example log-factor ``-weight * sum of
 losses`` (:class:`~bayesdistill.distill.DistillTerm`).
+
+Units (the weight convention of docs/function-space.md, "Weights"): each MSE is a mean over the
+feature's elements (``reduction="mean"``, the paper's; ``"sum"`` sums them), and the hidden-state
+and embedding MSEs are divided by the teacher feature's variance (``normalize="variance"``, as
+:class:`~bayesdistill.distill.Hint`), so that 1 means "explains none of the teacher's variance"
+whatever the width and scale of the states. Attention maps are probabilities (a fixed scale):
+their MSE is not normalized. The prediction loss is in nats per example.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...bnn.network import BNN
-from .base import DistillTerm
+from .base import DistillTerm, check_reduction
+from .hint import NORMALIZATIONS, check_normalize, feature_variance
 from .registry import TermOption, register_term
 
 __all__ = ["TinyBERT", "attention_weights"]
@@ -53,11 +61,16 @@ def _hidden(out) -> Tensor:
     options=[
         TermOption("temperature", float, 1.0, "temperature t of the prediction loss", range="(0, inf)"),
         TermOption("weight", float, 1.0, "weight of the summed losses", range="(0, inf)"),
+        TermOption("reduction", str, "mean", "'mean': each MSE averaged over the feature's elements, 'sum': "
+                   "summed", choices=("mean", "sum")),
+        TermOption("normalize", str, "variance", "'variance': hidden-state and embedding MSEs divided by the "
+                   "teacher feature's variance, 'none': raw", choices=NORMALIZATIONS),
     ],
     # from a command line the feature pairs are hidden-state pairs [B, L, d]; attention and
     # embedding pairs need the Python API
-    build=lambda teacher, pairs, temperature, weight: [
-        TinyBERT(teacher, hidden=pairs, temperature=temperature, weight=weight)],
+    build=lambda teacher, pairs, temperature, weight, reduction, normalize: [
+        TinyBERT(teacher, hidden=pairs, temperature=temperature, weight=weight, reduction=reduction,
+                 normalize=normalize)],
     pairs=True,
     tasks=("classification",),
 )
@@ -72,6 +85,10 @@ class TinyBERT(DistillTerm):
         temperature: t of the prediction loss; ``None`` disables it.
         weight: multiplies the sum of the losses.
         weights: optional per-loss multipliers ``{"attn", "hidn", "embd", "pred"}``.
+        reduction: ``"mean"`` (default: each MSE per element) or ``"sum"`` (summed over elements).
+        normalize: ``"variance"`` (default: the hidden-state and embedding MSEs divided by the
+            teacher feature's variance on the probe batch, :func:`~bayesdistill.distill.terms.hint.feature_variance`)
+            or ``"none"``.
         name: the term's name (default ``"tinybert"``).
 
     ``loss`` reports the batch mean of the weighted sum of the losses (``-log_factor``, before
@@ -89,9 +106,15 @@ class TinyBERT(DistillTerm):
         weight: float = 1.0,
         weights: Optional[Mapping[str, float]] = None,
         teacher_mode: str = "mean",
+        reduction: str = "mean",
+        normalize: str = "variance",
         name: Optional[str] = None,
     ):
         super().__init__(teacher, weight, name or "tinybert", teacher_mode)
+        self.reduction = check_reduction("TinyBERT", reduction)
+        self.normalize = check_normalize("TinyBERT", normalize)
+        #: the divisor of each hidden/embedding pair's MSE ("hidn0", ...; 1.0 with normalize="none")
+        self.variances: dict[str, float] = {}
         self.attention = dict(attention or {})
         self.hidden = dict(hidden or {})
         self.embedding = dict(embedding or {})
@@ -115,10 +138,14 @@ class TinyBERT(DistillTerm):
                         "the width, must match)"
                     )
                 self.proj[f"{kind}{i}"] = nn.Linear(s.shape[-1], t.shape[-1]).to(s.device)
+                self.variances[f"{kind}{i}"] = feature_variance(t) if self.normalize == "variance" else 1.0
+
+    def _reduce(self, sq: Tensor) -> Tensor:
+        flat = sq.reshape(sq.shape[0], -1)
+        return flat.mean(1) if self.reduction == "mean" else flat.sum(1)
 
     def losses(self, s_out, s_feats, t_out, t_feats) -> dict[str, Tensor]:
         """Per-example losses ``[B]`` by kind (attn, hidn, embd, pred)."""
-        b = s_out.shape[0]
         out: dict[str, Tensor] = {}
         if self.attention:
             terms = []
@@ -129,14 +156,15 @@ class TinyBERT(DistillTerm):
                         f"TinyBERT attention maps differ in shape: teacher {tp!r} {tuple(a_t.shape)}, "
                         f"student {sp!r} {tuple(a_s.shape)} (heads and lengths must match)"
                     )
-                terms.append((a_s - a_t).square().reshape(b, -1).mean(1))
+                terms.append(self._reduce((a_s - a_t).square()))
             out["attn"] = torch.stack(terms).sum(0)
         for kind, pairs in (("hidn", self.hidden), ("embd", self.embedding)):
             if pairs:
                 terms = []
                 for i, (tp, sp) in enumerate(pairs.items()):
                     pred = self.proj[f"{kind}{i}"](_hidden(s_feats[sp]))
-                    terms.append((pred - _hidden(t_feats[tp])).square().reshape(b, -1).mean(1))
+                    se = self._reduce((pred - _hidden(t_feats[tp])).square())
+                    terms.append(se / self.variances.get(f"{kind}{i}", 1.0))
                 out[kind] = torch.stack(terms).sum(0)
         if self.temperature is not None:
             t = self.temperature

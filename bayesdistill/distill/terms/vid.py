@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ...bnn.network import BNN
 from ._projection import _flat, _Projection
-from .base import PairTerm, Weight
+from .base import PairTerm, Weight, check_reduction
 from .registry import TermOption, register_term
 
 __all__ = ["VID", "gaussian_entropy"]
@@ -24,13 +24,13 @@ __all__ = ["VID", "gaussian_entropy"]
     "vid",
     description="variational information distillation: an amortized Gaussian q(teacher feature | student feature)",
     options=[
-        # lambda per VID pair: VID's log-density is summed over all feature dimensions (hundreds of
-        # nats per example), so lambda must be small; a sweep over 1e-3 .. 1 (cnn-deep -> MLP on
-        # MNIST-1D, 100 epochs, docs/function-space.md) was best at 0.1 (accuracy and NLL)
-        TermOption("weight", float, 0.1, "lambda per pair (the log-density sums over all feature dimensions: "
-                   "keep it small)", range="(0, inf)"),
+        TermOption("weight", float, 1.0, "lambda per pair, in labels' worth (with reduction 'mean' the log-density "
+                   "is averaged over the feature's elements)", range="(0, inf)"),
+        TermOption("reduction", str, "mean", "'mean': log q(t|s) / D per example (D = the teacher feature's "
+                   "elements; weights comparable across feature sizes), 'sum': the exact log q(t|s)",
+                   choices=("mean", "sum")),
     ],
-    build=lambda teacher, pairs, weight: [VID(teacher, pairs, weight=weight)],
+    build=lambda teacher, pairs, weight, reduction: [VID(teacher, pairs, weight=weight, reduction=reduction)],
     pairs=True,
 )
 class VID(PairTerm):
@@ -41,24 +41,43 @@ class VID(PairTerm):
     mu a regressor: three 1x1 convolutions with ReLUs for feature maps (spatial sizes matched by
     adaptive average pooling of the student map), a 2-layer MLP for vectors, or a linear map with
     ``regressor="linear"`` (VID-LP, for the student's last layer). A map meeting a vector is
-    flattened. Each pair adds the observed site ``vid.<i>`` with the teacher's features as the
-    observation, scaled by the pair's weight (:attr:`pair_weights`):
+    flattened. The exact log-density of pair i, summed over the D_i elements of the teacher's
+    feature (nats per example), is
 
         log q(t | s) = - sum_{c,h,w} [ log sigma_c + (t - mu(s))^2 / (2 sigma_c^2) ] - D/2 log(2 pi)
+
+    **The weight convention** (``reduction``, docs/function-space.md "Weights"). With
+    ``reduction="mean"`` (the default) pair i's log-factor is ``log q(t | s) / D_i``, the
+    log-density *per element* (nats per example and element, the same scale as one label's
+    log-likelihood whatever the feature's size): ``weight=1`` means "as much as one label", a
+    feature map duplicated along its channels gives the same log-factor, and the weight means the
+    same for a 10-unit hidden layer and a 32 x 8 x 8 conv map. With ``reduction="sum"`` the
+    log-factor is the exact ``log q(t | s)`` (D_i times larger: thousands of nats per example for a
+    map of thousands of elements, which then outweighs the labels unless the weight is about
+    1 / D_i). Both are the same observed Pyro site ``<name>.<i>`` (distribution q(t | s), value the
+    teacher's feature) scaled by ``weight_i / D_i`` or ``weight_i``: the ELBO then bounds the
+    log-evidence of the model whose likelihood is p(y | x, w) times the tempered factor
+    q(t | s)^(weight_i / D_i) (a generalized-Bayes pseudo-likelihood; with ``reduction="sum"`` and
+    weight 1, the joint log p(y, t | x) of the model in which the teacher's features are data
+    with likelihood q(t | s)).
 
     Args:
         teacher: the teacher (BNN or nn.Module).
         pairs: teacher path -> student path (default: the last hidden layers).
         weight: lambda, a float for all pairs or a mapping teacher path -> float.
+        reduction: ``"mean"`` (log-density per element, the default) or ``"sum"`` (the exact
+            log-density of q(t | s)).
         regressor: ``"mlp"`` (default) or ``"linear"`` (VID-LP).
         hidden: width of the regressor's hidden layers (default: the teacher's channels/features).
         init_variance: initial sigma_c^2 (5.0 in the paper).
         name: the term's name (default ``"vid"``).
 
-    Metrics per pair: ``pair<i>/log_q`` (the batch mean of log q(t|s), nats per example),
-    ``pair<i>/loss`` (its negative) and ``pair<i>/mi_bound`` = H(t) + E[log q(t|s)], a lower bound
-    on I(t; s) (:func:`gaussian_entropy`); ``loss`` is the sum of the pairs' losses (before the
-    weights). A second VID term in one objective is renamed ``vid1``, ... (sites ``vid1.<i>``).
+    Metrics per pair: ``pair<i>/loss`` (minus the log-factor before the weight: ``-log q / D_i``
+    with ``reduction="mean"``, ``-log q`` with ``"sum"``), ``pair<i>/log_q`` (the batch mean of
+    the exact log q(t|s), nats per example, whatever the reduction) and ``pair<i>/mi_bound`` =
+    H(t) + E[log q(t|s)], a lower bound on I(t; s) (:func:`gaussian_entropy`); ``loss`` is the sum
+    of the pairs' losses (before the weights). A second VID term in one objective is renamed
+    ``vid1``, ... (sites ``vid1.<i>``).
     """
 
     def __init__(
@@ -67,6 +86,7 @@ class VID(PairTerm):
         pairs: Optional[Mapping[str, str]] = None,
         weight: Weight = 1.0,
         *,
+        reduction: str = "mean",
         regressor: str = "mlp",
         hidden: Optional[int] = None,
         init_variance: float = 5.0,
@@ -75,6 +95,7 @@ class VID(PairTerm):
         name: Optional[str] = None,
     ):
         super().__init__(teacher, pairs, weight, name or "vid", teacher_mode)
+        self.reduction = check_reduction("VID", reduction)
         if regressor not in ("mlp", "linear"):
             raise ValueError(f"VID regressor must be 'mlp' or 'linear', got {regressor!r}")
         if not init_variance > eps:
@@ -83,6 +104,8 @@ class VID(PairTerm):
         self.mu = nn.ModuleDict()
         self.alpha = nn.ParameterDict()
         self.entropies: dict[int, float] = {}
+        #: D_i: the number of elements of pair i's teacher feature per example (set by :meth:`setup`)
+        self.sizes: dict[int, int] = {}
 
     def setup(self, s_out, s_feats, t_out, t_feats) -> None:
         for i, (tp, sp) in enumerate(self.pairs.items()):
@@ -94,9 +117,15 @@ class VID(PairTerm):
             else:
                 self.mu[str(i)] = _Projection(s, t, hidden)
             self.entropies[i] = gaussian_entropy(t)  # H(t) of the bound H(t) + E[log q(t|s)] on I(t; s)
+            self.sizes[i] = int(t[0].numel())
             channels = t.shape[1]
             a0 = math.log(math.expm1(self.init_variance - self.eps))
             self.alpha[str(i)] = nn.Parameter(torch.full((channels,), a0, dtype=t.dtype, device=t.device))
+
+    def element_scale(self, i: int) -> float:
+        """What pair i's exact log-density is multiplied by before the weight: ``1 / D_i`` with
+        ``reduction="mean"``, 1 with ``"sum"``."""
+        return 1.0 / self.sizes[i] if self.reduction == "mean" else 1.0
 
     def variance(self, i: int) -> Tensor:
         """sigma_c^2 of pair i, ``[channels]``."""
@@ -111,22 +140,25 @@ class VID(PairTerm):
         return dist.Normal(mu, scale.expand_as(mu), validate_args=False).to_event(t.dim() - 1)
 
     def pair_log_factors(self, s_out, s_feats, t_out, t_feats) -> list[Tensor]:
-        """log q(t | s) per example of each pair (before the weights)."""
-        return [self.q(i, s_feats[sp], t_feats[tp]).log_prob(t_feats[tp]) for i, (tp, sp) in enumerate(self.pairs.items())]
+        """Per example, each pair's log q(t | s) times :meth:`element_scale` (before the weights)."""
+        return [self.q(i, s_feats[sp], t_feats[tp]).log_prob(t_feats[tp]) * self.element_scale(i)
+                for i, (tp, sp) in enumerate(self.pairs.items())]
 
     def observe(self, s_out, s_feats, t_out, t_feats) -> None:
-        """One observed site ``<name>.<i>`` per pair, scaled by the pair's weight."""
+        """One observed site ``<name>.<i>`` per pair, scaled by the pair's weight times
+        :meth:`element_scale`."""
         metrics: dict[str, Tensor] = {}
         losses = []
         for i, ((tp, sp), w) in enumerate(zip(self.pairs.items(), self.pair_weights)):
             t = t_feats[tp]
             qd = self.q(i, s_feats[sp], t)
-            with pyro.poutine.scale(scale=w):
+            with pyro.poutine.scale(scale=w * self.element_scale(i)):
                 pyro.sample(f"{self.name}.{i}", qd, obs=t)
             with torch.no_grad():
                 log_q = qd.log_prob(t).mean()
-                losses.append(-log_q)
-                metrics[f"pair{i}/loss"] = -log_q
+                loss = -log_q * self.element_scale(i)
+                losses.append(loss)
+                metrics[f"pair{i}/loss"] = loss
                 metrics[f"pair{i}/log_q"] = log_q
                 metrics[f"pair{i}/mi_bound"] = log_q + self.entropies[i]
         self.metrics = {"loss": torch.stack(losses).sum(), **metrics}

@@ -83,7 +83,8 @@ def _compose(device: str):
     q_t = teacher.posterior()
     student = bd.BNN(tiny_mlp(seed=2), prior=bd.priors.TeacherPosterior(q_t, scale="posterior"), dataset_size=n).to(device)
     randomize_posterior(student, seed=5, scale_range=(0.05, 0.3))
-    kd, vid = KD(teacher, temperature=temp, weight=a), VID(teacher, {"1": "1"}, weight=lam)
+    # VID's exact density (reduction="sum"): the ELBO below adds lam * log q(t | s) by hand
+    kd, vid = KD(teacher, temperature=temp, weight=a), VID(teacher, {"1": "1"}, weight=lam, reduction="sum")
     obj = DistillObjective(student, [kd, vid])
     xb, yb = x[:b], y[:b]
     obj.setup(xb)
@@ -120,8 +121,9 @@ def _compose(device: str):
     for row in result.history:
         for k in ("elbo", "nll", "kl", "distill/kd/loss", "distill/vid/loss", "distill/vid/pair0/log_q", "distill/vid/pair0/mi_bound"):
             assert math.isfinite(row[k]), k
-        # every term's loss is before its weight: VID's is minus its log-density
-        assert row["distill/vid/loss"] == pytest.approx(-row["distill/vid/pair0/log_q"], rel=1e-5)
+        # every term's loss is before its weight: VID's is minus its log-density per element (the
+        # default reduction; the teacher's feature "1" has D = 6 elements), log_q the exact density
+        assert row["distill/vid/loss"] == pytest.approx(-row["distill/vid/pair0/log_q"] / 6, rel=1e-5)
     probe = x[:1024]  # fit fits H(t) on up to 1024 training inputs
     _, tf = teacher_features(teacher, probe, ["1"])
     h_t = gaussian_entropy(tf["1"])

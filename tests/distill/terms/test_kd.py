@@ -167,3 +167,16 @@ def test_term_weights_changed_by_a_callback_resume_exactly(tmp_path):
     resumed, kd_resumed = run(4, checkpoint_dir=tmp_path, resume=True, extend=True)
     assert kd_resumed.weight == kd_straight.weight == pytest.approx(0.8 / 16)
     assert torch.equal(resumed.loc, straight.loc) and torch.equal(resumed.rho, straight.rho)
+
+
+def test_kd_defaults_are_one_label_shared_with_the_teachers_soft_label():
+    """At its defaults (T = 1, a = 0.5) KD's log-factor is the student's expected log-likelihood of
+    a label drawn from the teacher's predictive distribution, plus the teacher's entropy
+    (torch.distributions), and the likelihood keeps 1 - a: one label's worth per example."""
+    kd = KD(nn.Identity())
+    assert (kd.temperature, kd.weight, kd.likelihood_weight) == (1.0, 0.5, 0.5)
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(6, 4, generator=g), 3 * torch.randn(6, 4, generator=g)
+    p_t, p_s = torch.distributions.Categorical(logits=zt), torch.distributions.Categorical(logits=zs)
+    expected = (p_t.probs * p_s.logits).sum(-1) + p_t.entropy()
+    torch.testing.assert_close(kd.log_factor(zs, {}, zt, {}), expected)

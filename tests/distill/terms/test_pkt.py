@@ -1,5 +1,6 @@
 """PKT (probabilistic knowledge transfer): the cosine-kernel conditionals and KL by hand, one term
-over several pairs (equal to the sum of one-pair terms), per-pair weights, and its metrics."""
+over several pairs (equal to the sum of one-pair terms), per-pair weights, its metrics, and the
+weight convention (KL in units of the teacher's KL from uniform; invariances)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import pyro
 import pytest
 import torch
+import torch.distributions as td
 from pyro import poutine
 from torch import nn
 
@@ -108,7 +110,7 @@ def test_pkt_per_pair_weights_against_the_computation_by_hand():
     n, bsz = 40, 8
     x, y, student, teacher = _two_pair_setup(n, bsz)
     w = {"0": 0.25, "1": 3.0}
-    pkt = PKT(teacher, {"0": "0", "1": "1"}, weight=w)
+    pkt = PKT(teacher, {"0": "0", "1": "1"}, weight=w, normalize="none")  # nats, as by hand
     obj = DistillObjective(student, [pkt])
     trace = _trace(obj, x, y)
     _, s_feats = student_features(student, x, trace, ["0", "1"])
@@ -129,3 +131,65 @@ def test_pkt_per_pair_weights_against_the_computation_by_hand():
     # a float weight: every pair that weight
     same = PKT(teacher, {"0": "0", "1": "1"}, weight=0.7)
     assert same.pair_weights == [0.7, 0.7] and same.weight == 0.7
+
+
+# ---------------------------------------------------------------------------------- the weight convention
+def _rows_kl(p, q):
+    """KL(P_i || Q_i) per row by torch.distributions (the diagonal, 0 in both, left out)."""
+    b = p.shape[0]
+    off = ~torch.eye(b, dtype=torch.bool)
+    return td.kl_divergence(td.Categorical(probs=p[off].reshape(b, b - 1)), td.Categorical(probs=q[off].reshape(b, b - 1)))
+
+
+def test_pkt_default_is_the_kl_in_units_of_the_teachers_kl_from_uniform():
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.relu(torch.randn(16, 10, generator=g)), torch.randn(16, 5, generator=g)
+    pkt = PKT(nn.Identity(), {"t": "s"})
+    assert pkt.normalize == "uniform"
+    pkt.setup(None, {"s": s}, None, {"t": t})
+    p, q = pkt._cond(t), pkt._cond(s)
+    uniform = (1 - torch.eye(16)) / 15
+    u = float(_rows_kl(p, uniform).mean())
+    assert pkt.scales == {0: pytest.approx(u, rel=1e-4)}
+    lf = pkt.pair_log_factors(None, {"s": s}, None, {"t": t})[0]
+    torch.testing.assert_close(lf, -_rows_kl(p, q) / u, rtol=1e-4, atol=1e-6)
+    # a student without geometry (all its features alike) pays about one unit per example
+    flat = pkt.pair_log_factors(None, {"s": torch.ones(16, 5)}, None, {"t": t})[0]
+    assert float(flat.mean()) == pytest.approx(-1.0, rel=1e-3)
+    # normalize="none": nats
+    raw = PKT(nn.Identity(), {"t": "s"}, normalize="none")
+    raw.setup(None, {"s": s}, None, {"t": t})
+    torch.testing.assert_close(raw.pair_log_factors(None, {"s": s}, None, {"t": t})[0], -_rows_kl(p, q),
+                               rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="normalize"):
+        PKT(nn.Identity(), {"t": "s"}, normalize="max")
+
+
+def test_pkt_weight_means_the_same_for_any_feature_size_and_scale():
+    """Cosine kernels: a teacher map duplicated along its channels, or multiplied by 10, gives the
+    same P, the same normalizer and the same log-factor."""
+    g = torch.Generator().manual_seed(1)
+    t, s = torch.relu(torch.randn(12, 4, 6, generator=g)), torch.randn(12, 7, generator=g)
+    out = []
+    for tt in (t, torch.cat([t, t], 1), 10 * t):
+        pkt = PKT(nn.Identity(), {"t": "s"})
+        pkt.setup(None, {"s": s}, None, {"t": tt})
+        out.append(pkt.pair_log_factors(None, {"s": s}, None, {"t": tt})[0])
+    torch.testing.assert_close(out[1], out[0])
+    torch.testing.assert_close(out[2], out[0])
+
+
+def test_pkt_kl_hardly_depends_on_the_batch_size():
+    """KL(P_i || Q_i) is an average over the neighbours under P_i: on the same data, split into
+    batches of 8 or of 512, its mean per example changes little (the normalizer u likewise)."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.relu(torch.randn(1024, 32, generator=g) @ torch.randn(32, 32, generator=g))
+    s = torch.relu(t @ torch.randn(32, 16, generator=g) * 0.3 + torch.randn(1024, 16, generator=g))
+    pkt = PKT(nn.Identity(), {"t": "s"}, normalize="none")
+    kl, u = {}, {}
+    for b in (8, 512):
+        kl[b] = torch.cat([-pkt.pair_log_factors(None, {"s": s[k:k + b]}, None, {"t": t[k:k + b]})[0]
+                           for k in range(0, 1024, b)]).mean()
+        u[b] = sum(pkt.uniform_kl(t[k:k + b]) for k in range(0, 1024, b)) / (1024 // b)
+    assert float(kl[8]) == pytest.approx(float(kl[512]), rel=0.2)
+    assert u[8] == pytest.approx(u[512], rel=0.2)

@@ -47,8 +47,13 @@ def test_the_built_in_terms_are_registered_in_order():
         assert "weight" in {o.name for o in spec.options}
     assert [get_term(n).pairs for n in ("kd", "vid", "pkt", "hint", "tinybert")] == [False, True, True, True, True]
     assert get_term("kd").tasks == ("classification",) and get_term("vid").tasks is None
-    assert term_defaults() == {"kd_temperature": 4.0, "kd_weight": 0.9, "vid_weight": 0.1, "pkt_weight": 1.0,
-                               "hint_weight": 1.0, "tinybert_temperature": 1.0, "tinybert_weight": 1.0,
+    # the weight convention's defaults (docs/function-space.md, "Weights")
+    assert term_defaults() == {"kd_temperature": 1.0, "kd_weight": 0.5,
+                               "vid_weight": 1.0, "vid_reduction": "mean",
+                               "pkt_weight": 1.0, "pkt_normalize": "uniform",
+                               "hint_weight": 1.0, "hint_reduction": "mean", "hint_normalize": "variance",
+                               "tinybert_temperature": 1.0, "tinybert_weight": 1.0, "tinybert_reduction": "mean",
+                               "tinybert_normalize": "variance",
                                "privileged_kd_temperature": 1.0, "privileged_kd_weight": 1.0,
                                "privileged_kd_key": "privileged"}
     with pytest.raises(KeyError, match="no distillation term named 'magic'; registered: kd, vid"):
@@ -58,11 +63,15 @@ def test_the_built_in_terms_are_registered_in_order():
 def test_specs_build_terms_from_options():
     teacher = tiny_mlp(hidden=8, seed=1)
     (kd,) = get_term("kd").make(teacher, None, temperature=2.0)
-    assert isinstance(kd, KD) and kd.temperature == 2.0 and kd.weight == 0.9  # the default weight
+    assert isinstance(kd, KD) and kd.temperature == 2.0 and kd.weight == 0.5  # the default weight
     (pkt,) = get_term("pkt").make(teacher, {"0": "0", "1": "1"}, weight=0.5)
     assert isinstance(pkt, PKT) and pkt.pairs == {"0": "0", "1": "1"} and pkt.pair_weights == [0.5, 0.5]
     (vid,) = get_term("vid").make(teacher, None)
-    assert vid.default_pairs and vid.weight == 0.1  # the default pair is resolved by the objective
+    assert vid.default_pairs and vid.weight == 1.0 and vid.reduction == "mean"  # the pair: resolved by the objective
+    (exact,) = get_term("vid").make(teacher, None, reduction="sum")
+    assert exact.reduction == "sum"
+    with pytest.raises(ValueError, match="vid option 'reduction' must be one of mean, sum"):
+        get_term("vid").make(teacher, None, reduction="max")
     with pytest.raises(TypeError, match="no option"):
         get_term("kd").make(teacher, None, temp=2.0)
     with pytest.raises(ValueError, match=r"kd option 'weight' must be a number in \(0, 1\], got 1.5"):
@@ -72,7 +81,7 @@ def test_specs_build_terms_from_options():
     assert terms[0].pairs == {"1": "1"}
     ns = argparse.Namespace(kd_temperature=3.0, kd_weight=0.2)
     assert term_options(ns, ["kd", "prior"]) == {"kd_temperature": 3.0, "kd_weight": 0.2}
-    assert term_options({}, ["pkt"]) == {"pkt_weight": 1.0}
+    assert term_options({}, ["pkt"]) == {"pkt_weight": 1.0, "pkt_normalize": "uniform"}
 
 
 def test_term_options_check_their_values():
@@ -209,3 +218,15 @@ def test_an_unregistered_term_is_gone():
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["distill", "--teacher", "t.pt", "--student", "mlp", "--out", "x",
                                        "--method", "toyterm"])
+
+
+@pytest.mark.parametrize("name", ["kd", "vid", "pkt", "hint", "tinybert"])
+def test_registered_defaults_are_the_classes_defaults(name):
+    """A user writing ``VID(teacher)`` gets what ``--method vid`` gets: every registered option's
+    default is the class's own default."""
+    import inspect
+
+    spec = get_term(name)
+    params = inspect.signature(spec.cls.__init__).parameters
+    for o in spec.options:
+        assert params[o.name].default == o.default, (name, o.name)

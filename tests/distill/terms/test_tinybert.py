@@ -73,10 +73,18 @@ def test_tinybert_losses_equal_their_definitions():
         a_s, a_t = s_taps.features["blocks.0.attn"][1], t_feats["blocks.1.attn"][1]
         assert a_s.shape == (24, 2, 6, 6)  # per-head maps
         torch.testing.assert_close(parts["attn"], ((a_s - a_t) ** 2).mean((1, 2, 3)))
+        # hidden states and embeddings: MSE in units of the teacher feature's variance (the default
+        # normalize="variance"; on the setup batch, here the same x), written out
+        def var(f):
+            flat = f.reshape(len(f), -1)
+            return ((flat - flat.mean(0)) ** 2).sum(0).div(len(f) - 1).mean()
+
         h = term.proj["hidn0"](s_taps.features["blocks.0"])
-        torch.testing.assert_close(parts["hidn"], ((h - t_feats["blocks.1"]) ** 2).mean((1, 2)))
+        v_h = var(t_feats["blocks.1"])
+        assert term.variances["hidn0"] == pytest.approx(float(v_h), rel=1e-5)
+        torch.testing.assert_close(parts["hidn"], ((h - t_feats["blocks.1"]) ** 2).mean((1, 2)) / v_h)
         e = term.proj["embd0"](s_taps.features["embed"])
-        torch.testing.assert_close(parts["embd"], ((e - t_feats["embed"]) ** 2).mean((1, 2)))
+        torch.testing.assert_close(parts["embd"], ((e - t_feats["embed"]) ** 2).mean((1, 2)) / var(t_feats["embed"]))
         soft = -(F.softmax(t_out / 2.0, -1) * F.log_softmax(s_out / 2.0, -1)).sum(-1)
         torch.testing.assert_close(parts["pred"], soft)
         torch.testing.assert_close(
@@ -121,3 +129,31 @@ def test_tinybert_hidden_states_must_agree_but_in_width():
     term = TinyBERT(teacher, hidden={"blocks.0": "1"})  # [B, 6, 8] against a vector [B, 5]
     with pytest.raises(ValueError, match=r"TinyBERT hidden states differ in shape.*'blocks.0' \(8, 6, 8\)"):
         bd.fit(student, (x, y), epochs=1, progress=False, distill=[term])
+
+
+def test_tinybert_reductions_and_the_plain_mse():
+    """normalize="none" gives the paper's MSEs; reduction="sum" sums over the elements instead
+    (D times the mean); attention maps are never normalized (probabilities, a fixed scale)."""
+    x, y, teacher, student, _ = _setup()
+    paths = ["blocks.0.attn", "blocks.0", "embed"]
+    got = {}
+    for reduction in ("mean", "sum"):
+        term = TinyBERT(teacher, attention={"blocks.1.attn": "blocks.0.attn"}, hidden={"blocks.1": "blocks.0"},
+                        embedding={"embed": "embed"}, temperature=2.0, normalize="none", reduction=reduction)
+        obj = DistillObjective(student, [term])
+        torch.manual_seed(0)
+        obj.setup(x)
+        assert term.variances == {"hidn0": 1.0, "embd0": 1.0}
+        with torch.no_grad():
+            with FeatureTaps(student.net, paths) as s_taps:
+                s_out = student(x)
+            t_out, t_feats = term.teacher_features(x, term.teacher_paths)
+            got[reduction] = term.losses(s_out, s_taps.features, t_out, t_feats)
+            h = term.proj["hidn0"](s_taps.features["blocks.0"])
+        if reduction == "mean":
+            torch.testing.assert_close(got["mean"]["hidn"], ((h - t_feats["blocks.1"]) ** 2).mean((1, 2)))
+    for kind, d in (("attn", 2 * 6 * 6), ("hidn", 6 * 8), ("embd", 6 * 8)):
+        torch.testing.assert_close(got["sum"][kind], d * got["mean"][kind], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got["sum"]["pred"], got["mean"]["pred"])  # nats per example either way
+    with pytest.raises(ValueError, match="reduction"):
+        TinyBERT(teacher, hidden={"blocks.1": "blocks.0"}, reduction="max")

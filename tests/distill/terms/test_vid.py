@@ -17,8 +17,8 @@ from bayesdistill.distill import VID, DistillObjective
 from bayesdistill.distill.terms.vid import gaussian_entropy
 
 
-def _vid_site_check(student, teacher_net, x, y, pairs, regressor="mlp", weight=1.0):
-    obj_terms = [VID(teacher_net, pairs, weight=weight, regressor=regressor)]
+def _vid_site_check(student, teacher_net, x, y, pairs, regressor="mlp", weight=1.0, reduction="mean"):
+    obj_terms = [VID(teacher_net, pairs, weight=weight, regressor=regressor, reduction=reduction)]
     obj = DistillObjective(student, obj_terms)
     obj.setup(x)
     vid = obj_terms[0]
@@ -78,14 +78,16 @@ def test_vid_site_log_prob_vector_pair():
     ref = (-(0.5 * var.log() + (t - mu) ** 2 / (2 * var)).sum(1) - 8 / 2 * LOG_2PI).detach()
     lp = trace.nodes["vid.0"]["fn"].log_prob(t)
     torch.testing.assert_close(lp, ref, rtol=1e-5, atol=1e-4)
-    # VID.log_factor is the same density (before the weight) and the metrics report its batch mean
-    torch.testing.assert_close(vid.log_factor(None, s_feats, None, t_feats).detach(), ref, rtol=1e-5, atol=1e-4)
+    # VID.log_factor (before the weight) is the density per element under the default reduction
+    # ("mean", D = 8 teacher features); log_q reports the exact density, loss the log-factor
+    assert vid.reduction == "mean" and vid.sizes == {0: 8}
+    torch.testing.assert_close(vid.log_factor(None, s_feats, None, t_feats).detach(), ref / 8, rtol=1e-5, atol=1e-4)
     vals = obj.step_metrics()
     assert set(vals) == {"distill/vid/loss", "distill/vid/pair0/loss", "distill/vid/pair0/log_q",
                          "distill/vid/pair0/mi_bound"}
     assert float(vals["distill/vid/pair0/log_q"]) == pytest.approx(float(ref.mean()), rel=1e-5)
-    assert float(vals["distill/vid/loss"]) == pytest.approx(-float(ref.mean()), rel=1e-5)
-    assert float(vals["distill/vid/pair0/loss"]) == pytest.approx(-float(ref.mean()), rel=1e-5)
+    assert float(vals["distill/vid/loss"]) == pytest.approx(-float(ref.mean()) / 8, rel=1e-5)
+    assert float(vals["distill/vid/pair0/loss"]) == pytest.approx(-float(ref.mean()) / 8, rel=1e-5)
 
 
 def test_vid_vector_student_meets_map_teacher_is_flattened():
@@ -143,16 +145,18 @@ def test_vid_pair_weights_scale_the_sites():
     x, y = toy_classification(b)
     student = bd.BNN(tiny_mlp(seed=2), dataset_size=n)
     teacher = tiny_mlp(hidden=8, seed=1)
-    vid = VID(teacher, {"1": "1", "2": "2"}, weight={"1": 0.3, "2": 2.0})
-    obj = DistillObjective(student, [vid])
-    obj.setup(x)
-    trace = poutine.trace(obj.model).get_trace(x, y)
-    trace.compute_log_prob()
-    for i, w in ((0, 0.3), (1, 2.0)):
-        site = trace.nodes[f"vid.{i}"]
-        assert site["scale"] == pytest.approx(w * n / b)
-        raw = site["fn"].log_prob(site["value"]).sum().detach()
-        assert float(site["log_prob_sum"].detach()) == pytest.approx(w * n / b * float(raw), rel=1e-5)
+    for reduction in ("sum", "mean"):
+        vid = VID(teacher, {"1": "1", "2": "2"}, weight={"1": 0.3, "2": 2.0}, reduction=reduction)
+        obj = DistillObjective(student, [vid])
+        obj.setup(x)
+        trace = poutine.trace(obj.model).get_trace(x, y)
+        trace.compute_log_prob()
+        for i, w, d in ((0, 0.3, 8), (1, 2.0, 3)):  # D: the teacher's hidden layer (8), its output (3)
+            per = 1 / d if reduction == "mean" else 1.0
+            site = trace.nodes[f"vid.{i}"]
+            assert site["scale"] == pytest.approx(w * per * n / b)
+            raw = site["fn"].log_prob(site["value"]).sum().detach()
+            assert float(site["log_prob_sum"].detach()) == pytest.approx(w * per * n / b * float(raw), rel=1e-5)
     vid2 = VID(teacher, {"1": "1", "2": "2"}, weight=0.5)
     assert vid2.pair_weights == [0.5, 0.5]
     assert vid.pair_weights == [0.3, 2.0] and vid.weight == 1.0
@@ -166,7 +170,8 @@ def test_vid_per_pair_weights_against_the_densities_by_hand():
     student = bd.BNN(tiny_mlp(seed=2), dataset_size=n)
     teacher = tiny_mlp(hidden=8, seed=1)
     weights = {"1": 0.3, "2": 2.0}
-    obj, vid, trace, s_feats, t_feats = _vid_site_check(student, teacher, x, y, {"1": "1", "2": "2"}, weight=weights)
+    obj, vid, trace, s_feats, t_feats = _vid_site_check(student, teacher, x, y, {"1": "1", "2": "2"}, weight=weights,
+                                                        reduction="sum")
     trace.compute_log_prob()
     total, by_hand = 0.0, []
     for i, (tp, sp) in enumerate((("1", "1"), ("2", "2"))):
@@ -205,3 +210,93 @@ def test_two_vid_terms_get_distinct_sites_and_columns():
     assert {a.name, b.name} == {"vid", "vid1"}
     row = result.history[-1]
     assert "distill/vid/pair0/mi_bound" in row and "distill/vid1/pair0/mi_bound" in row
+
+
+# ---------------------------------------------------------------------------------- the weight convention
+def test_vid_mean_reduction_is_the_normal_log_density_divided_by_the_elements():
+    """The default reduction: pair i's log-factor is log q(t|s) / D_i, with log q computed here by
+    torch.distributions.Normal; the observed site is the exact q(t|s) scaled by weight / D_i."""
+    n, b = 40, 8
+    x, y = conv_data(b)
+    student = bd.BNN(tiny_conv1d(length=12, channels=4, seed=2), dataset_size=n)
+    teacher = conv_teacher()
+    vid = VID(teacher, {"2": "1"}, weight=0.7)
+    assert vid.reduction == "mean"
+    obj = DistillObjective(student, [vid])
+    obj.setup(x)
+    with torch.no_grad():
+        vid.alpha["0"].copy_(torch.linspace(-1.0, 2.0, 6))
+    trace = poutine.trace(obj.model).get_trace(x, y)
+    trace.compute_log_prob()
+    _, s_feats = student_features(student, x, trace, ["1"])
+    _, t_feats = teacher_features(teacher, x, ["2"])
+    t = t_feats["2"]
+    d = t[0].numel()
+    assert d == 36 and vid.sizes == {0: 36}
+    with torch.no_grad():
+        mu = vid.mu["0"](s_feats["1"])
+        sd = vid.variance(0).sqrt().reshape(1, 6, 1).expand_as(mu)
+        exact = torch.distributions.Normal(mu, sd).log_prob(t).reshape(b, -1).sum(1)
+        lf = vid.pair_log_factors(None, s_feats, None, t_feats)[0]
+    torch.testing.assert_close(lf, exact / d, rtol=1e-5, atol=1e-5)
+    site = trace.nodes["vid.0"]
+    assert site["scale"] == pytest.approx(0.7 * n / b / d)
+    assert float(site["log_prob_sum"].detach()) == pytest.approx(0.7 * n / b * float(exact.sum()) / d, rel=1e-5)
+    vals = obj.step_metrics()
+    assert float(vals["distill/vid/pair0/log_q"]) == pytest.approx(float(exact.mean()), rel=1e-5)  # exact
+    assert float(vals["distill/vid/pair0/loss"]) == pytest.approx(-float(exact.mean()) / d, rel=1e-5)
+    # reduction="sum" is the exact density, D times the per-element one
+    vid.reduction = "sum"
+    with torch.no_grad():
+        torch.testing.assert_close(vid.pair_log_factors(None, s_feats, None, t_feats)[0], exact, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="reduction"):
+        VID(teacher, {"2": "1"}, reduction="max")
+
+
+def _duplicated_vid_pair(reduction: str):
+    """Two VID terms, one on a teacher map t [16, 4, 5], one on [t, t] (its channels twice), with
+    the same regressor (the last 1x1 convolution duplicated) and the same variances per channel."""
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(16, 3, 5, generator=g), torch.randn(16, 4, 5, generator=g)
+    t2 = torch.cat([t, t], 1)
+    a = VID(nn.Identity(), {"t": "s"}, hidden=6, reduction=reduction)
+    b = VID(nn.Identity(), {"t": "s"}, hidden=6, reduction=reduction)
+    a.setup(None, {"s": s}, None, {"t": t})
+    b.setup(None, {"s": s}, None, {"t": t2})
+    with torch.no_grad():
+        na, nb = a.mu["0"].net, b.mu["0"].net
+        for k in (0, 2):
+            nb[k].load_state_dict(na[k].state_dict())
+        nb[4].weight.copy_(torch.cat([na[4].weight] * 2, 0))
+        nb[4].bias.copy_(torch.cat([na[4].bias] * 2))
+        a.alpha["0"].copy_(torch.linspace(-1.0, 1.0, 4))
+        b.alpha["0"].copy_(torch.cat([a.alpha["0"]] * 2))
+        return (a.pair_log_factors(None, {"s": s}, None, {"t": t})[0],
+                b.pair_log_factors(None, {"s": s}, None, {"t": t2})[0])
+
+
+def test_vid_weight_means_the_same_for_a_map_duplicated_along_channels():
+    """Under the default reduction a feature map duplicated k times along its channels gives the
+    original's log-factor (so a weight means the same for any feature size); its exact
+    log-density (reduction="sum") is k times larger."""
+    one, two = _duplicated_vid_pair("mean")
+    torch.testing.assert_close(two, one)
+    one, two = _duplicated_vid_pair("sum")
+    torch.testing.assert_close(two, 2 * one)
+
+
+def test_vid_default_weight_on_a_large_map_is_on_the_scale_of_a_label():
+    """The issue's case: a 32 x 8 x 8 = 2,048-element teacher map meeting a hidden layer. At
+    initialization (variances 5) the exact log q(t|s) is thousands of nats per example; the
+    default log-factor, per element, is a few nats, like one label's log-likelihood."""
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.relu(torch.randn(64, 32, 8, 8, generator=g)), torch.randn(64, 64, generator=g)
+    vid = VID(nn.Identity(), {"t": "s"})
+    vid.setup(None, {"s": s}, None, {"t": t})
+    with torch.no_grad():
+        per_element = vid.pair_log_factors(None, {"s": s}, None, {"t": t})[0]
+        exact = vid.q(0, s, t).log_prob(t)
+    assert vid.weight == 1.0 and vid.sizes == {0: 2048}
+    assert float(exact.mean()) < -3000
+    assert -3.0 < float(per_element.mean()) < -1.0
+    torch.testing.assert_close(per_element, exact / 2048)

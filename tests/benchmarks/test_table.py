@@ -1,0 +1,89 @@
+"""benchmarks/table.py, the comparison table: its ``--quick`` run (every data set, pair, label
+setting and method, 2 seeds, 1 epoch on a few examples; about 15 s of CPU time) writes a JSON, a
+Markdown table and a figure of the expected structure; the numbers of a quick run mean nothing
+and are not checked."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def table():
+    spec = importlib.util.spec_from_file_location("bench_table", ROOT / "benchmarks" / "table.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_table"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_table", None)
+
+
+@pytest.fixture(scope="module")
+def quick_run(table, tmp_path_factory):
+    out = tmp_path_factory.mktemp("table")
+    assert table.main(["--quick", "--out", str(out), "--teacher-cache", str(out / "teachers")]) == 0
+    return out
+
+
+def _expected_cells(table):
+    return {(d, p, s, m) for d, spec in table.DATASETS.items() for p in spec["pairs"] for s in table.SETTINGS
+            for m in table.METHODS if table.applies(m, d, p)}
+
+
+def test_quick_run_covers_every_cell_with_two_seeds(table, quick_run):
+    payload = json.loads((quick_run / "table.json").read_text())
+    cells = _expected_cells(table)
+    assert {(r["dataset"], r["pair"], r["setting"], r["method"]) for r in payload["results"]} == cells
+    # every built-in data set, same- and cross-kind pairs, both label settings, the methods that apply
+    assert {c[0] for c in cells} == {"mnist1d", "digits", "synthetic-regression"}
+    assert {"same-kind", "cross-kind"} <= {c[1] for c in cells} and {c[2] for c in cells} == {"10%", "full"}
+    assert {c[3] for c in cells if c[0] == "synthetic-regression"} == {
+        "plain", "hint", "pkt", "vid", "prior", "prior+vid", "heavy"}  # no KD on regression
+    assert ("mnist1d", "cross-kind", "10%", "prior") not in cells  # no alignment from a CNN into an MLP
+    for r in payload["results"]:
+        keys = ("accuracy", "nll", "ece", "confidence") if r["dataset"] != "synthetic-regression" else ("rmse", "nll")
+        assert all(isinstance(r[k], float) for k in keys) and r["fit_s"] >= 0 and r["cpu_s"] >= 0
+    assert len(payload["summary"]) == len(cells)
+    for e in payload["summary"]:
+        assert e["seeds"] == [0, 1]
+        assert all(m["n"] == 2 and m["std"] >= 0 for m in e["metrics"].values())
+        assert set(e["verdict"]) == (set() if e["method"] == "plain" else set(e["metrics"]))
+        assert set(e["verdict"].values()) <= {"better", "worse", "same"}
+    assert {t["dataset"] for t in payload["teachers"]} == set(table.DATASETS)
+    assert payload["config"]["quick"] and payload["seconds"] > 0 and payload["cpu_seconds"] > 0
+
+
+def test_quick_run_writes_the_markdown_table_and_the_figure(table, quick_run):
+    md = (quick_run / "table.md").read_text()
+    for d, spec in table.DATASETS.items():
+        for s in table.SETTINGS:
+            assert f"### {d}, {s} of the labels" in md
+    assert "| method | same-kind: acc % | same-kind: NLL | same-kind: ECE | cross-kind: acc % |" in md
+    assert "| method | mlp -> mlp: RMSE | mlp -> mlp: NLL |" in md
+    assert "at the last epoch" in md
+    # prior applies to the same-kind pairs and the regression MLPs: "—" in the cross-kind columns
+    rows = [line for line in md.splitlines() if line.startswith("| prior |")]
+    assert sorted(line.count("—") for line in rows) == [0, 0, 3, 3, 3, 3]
+    assert md.count("| vid (wide map) |") == 4  # the cross-kind pairs of MNIST-1D and digits, two settings
+    assert "**Worse than plain beyond 2 standard deviations**" in md
+    assert (quick_run / "table.png").stat().st_size > 10_000
+    # the tables again from the JSON, without training
+    again = quick_run / "again"
+    assert table.main(["--from-json", str(quick_run / "table.json"), "--out", str(again)]) == 0
+    assert (again / "table.md").read_text() == md
+
+
+def test_sweep_summary_of_quick_runs(table, quick_run, capsys):
+    path = str(quick_run / "table.json")
+    assert table.main(["--sweep-plain", path, "--sweep", f"a=b={path}"]) == 0
+    out = capsys.readouterr().out
+    assert "| method, setting | mnist1d same 10% |" in out
+    assert "| plain (acc % or RMSE / NLL) |" in out and "| vid, a=b |" in out
+    assert "| kd, a=b | +0.0 / +0.000 |" in out  # a run against itself
