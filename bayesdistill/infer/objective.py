@@ -59,7 +59,8 @@ class Term(nn.Module):
     outputs the term reads; the network output is always available) and implement
     :meth:`log_factor`, the per-example contribution ``[B]`` in nats (higher = better) before
     the weight; or override :meth:`observe` to emit Pyro sites of their own (and then report
-    their metrics in :attr:`metrics`). A term that reads a reference (a teacher) overrides
+    their metrics in :attr:`metrics`). A term that needs work around the step (e.g. a critic
+    trained after each epoch) returns callbacks from :meth:`callbacks`. A term that reads a reference (a teacher) overrides
     :meth:`reference_key`, :meth:`reference_paths` and :meth:`reference`. What depends on the
     student network (e.g. default module paths) is resolved in :meth:`bind`, which the
     :class:`Objective` calls before it reads :attr:`student_paths`.
@@ -114,6 +115,12 @@ class Term(nn.Module):
     def validate(self) -> None:
         """Check what can be checked before training (e.g. that module paths exist); raise
         ``KeyError``/``ValueError`` naming the problem. Called when the objective is built."""
+
+    def callbacks(self) -> list[Any]:
+        """Callbacks (:class:`~bayesdistill.infer.Callback`) the term needs around the SVI step, e.g.
+        critics trained on their own optimizer after each epoch; the training engine adds them to
+        its callbacks (their state is checkpointed with the others). Default: none."""
+        return []
 
     # -- the term -------------------------------------------------------------------------
     def setup(self, s_out: Tensor, s_feats: Mapping[str, Tensor], r_out: Any, r_feats: Mapping[str, Tensor]) -> None:
