@@ -5,6 +5,7 @@
 - results: :func:`calibration` -> :class:`CalibrationResult` (reliability curve and ECE, or
   predictive-interval coverage); :func:`cosine_distances` -> :class:`CosineDistances` (same- vs
   different-class pairs per model, with :class:`ModelDistances` and :func:`separation_auc`);
+  :func:`weight_noise_robustness` -> :class:`WeightNoiseRobustness` (accuracy under weight noise);
   each has ``to_dict()`` for reports;
 - :mod:`~bayesdistill.diagnostics.plots` (``bd.plots``): figures that draw results only.
 """
@@ -13,6 +14,7 @@ from . import plots
 from .calibration import CalibrationResult, calibration
 from .metrics import calibration_curve, classification_metrics, expected_calibration_error, regression_metrics
 from .representations import CosineDistances, ModelDistances, cosine_distances, separation_auc
+from .robustness import WeightNoiseRobustness, weight_noise_robustness
 
 __all__ = [
     "plots",
@@ -26,4 +28,6 @@ __all__ = [
     "CosineDistances",
     "ModelDistances",
     "separation_auc",
+    "weight_noise_robustness",
+    "WeightNoiseRobustness",
 ]

@@ -11,6 +11,9 @@
   :class:`VID`, :class:`PKT`, :class:`Hint`, :class:`TinyBERT`; their bases
   :class:`DistillTerm` and :class:`PairTerm`. :func:`heavy_student` two-step transfer (with
   the :class:`DecayWeights` callback).
+- :func:`grow` / :class:`GrowthPlan` / :func:`student_from_small`: the reverse of alignment:
+  embed a small trained network's posterior into a larger network (more classes, inputs, wider
+  and deeper layers; modes net2net, embed, zero, uniform), the package :mod:`.grow`.
 - :func:`narrow` / :func:`pruning_curve`: narrowed architectures of a chain network, and the
   teacher's test metrics after alignment to them (no training), per fraction of units removed.
 """
@@ -32,6 +35,7 @@ from .align import (
     register_criterion,
     register_removal,
 )
+from .grow import GROWTH_MODES, GrowthPlan, GrowthPrior, grow, student_from_small
 from .heavy import DecayWeights, HeavyStudentResult, heavy_student
 from .student import student_from_teacher
 from .terms import (
@@ -79,4 +83,5 @@ __all__ = [
     "available_terms",
     "get_term",
     "align", "AlignmentPlan", "UnitContext", "CRITERIA", "parse_chain", "narrow", "pruning_curve", "aligned_network",
-    "register_criterion", "REMOVALS", "register_removal", "check_alignable", "PruningCurve", "student_from_teacher"]
+    "register_criterion", "REMOVALS", "register_removal", "check_alignable", "PruningCurve", "student_from_teacher",
+    "grow", "GrowthPlan", "GrowthPrior", "GROWTH_MODES", "student_from_small"]
