@@ -14,6 +14,9 @@
 - :func:`grow` / :class:`GrowthPlan` / :func:`student_from_small`: the reverse of alignment:
   embed a small trained network's posterior into a larger network (more classes, inputs, wider
   and deeper layers; modes net2net, embed, zero, uniform), the package :mod:`.grow`.
+- :class:`AdversarialPrior` (term ``adversarial_prior``): an adversarial weight prior: per pair of
+  convolution layers a critic tells teacher-posterior kernels from the student's, no unit
+  correspondence needed (:mod:`.adversarial`).
 - :func:`narrow` / :func:`pruning_curve`: narrowed architectures of a chain network, and the
   teacher's test metrics after alignment to them (no training), per fraction of units removed.
 """
@@ -35,6 +38,7 @@ from .align import (
     register_criterion,
     register_removal,
 )
+from .adversarial import AdversarialPrior, CriticTraining, KernelCritic, conv_pairs
 from .grow import GROWTH_MODES, GrowthPlan, GrowthPrior, grow, student_from_small
 from .heavy import DecayWeights, HeavyStudentResult, heavy_student
 from .student import student_from_teacher
@@ -84,4 +88,5 @@ __all__ = [
     "get_term",
     "align", "AlignmentPlan", "UnitContext", "CRITERIA", "parse_chain", "narrow", "pruning_curve", "aligned_network",
     "register_criterion", "REMOVALS", "register_removal", "check_alignable", "PruningCurve", "student_from_teacher",
-    "grow", "GrowthPlan", "GrowthPrior", "GROWTH_MODES", "student_from_small"]
+    "grow", "GrowthPlan", "GrowthPrior", "GROWTH_MODES", "student_from_small",
+    "AdversarialPrior", "CriticTraining", "KernelCritic", "conv_pairs"]

@@ -21,6 +21,7 @@ The concrete distillation terms (KD, VID, PKT, Hint, TinyBERT, ...) live in
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any, Optional
@@ -234,11 +235,14 @@ class Objective:
     def model(self, x: Any, y: Optional[Tensor] = None, size: Optional[int] = None,
               side: Optional[Mapping[str, Any]] = None) -> Tensor:
         bnn = self.bnn
-        if bnn.register_params and any(True for _ in self.terms.parameters()):
+        if bnn.register_params and any(p.requires_grad for p in self.terms.parameters()):
             # plain pyro.infer.SVI / Predictive: the terms' parameters (VID regressors and
             # variances, Hint projections) go into the param store next to the student's, so
-            # that SVI's optimizer trains them; the training engine optimizes them directly
-            pyro.module(f"{bnn.pyro_name}.distill", self.terms)
+            # that SVI's optimizer trains them; the training engine optimizes them directly.
+            # Frozen ones (e.g. critics trained by their own optimizer) stay out, on purpose.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*not registered in the param store because requires_grad=False")
+                pyro.module(f"{bnn.pyro_name}.distill", self.terms)
         with ExitStack() as stack:
             taps = stack.enter_context(FeatureTaps(bnn.net, self.student_paths, "student"))
             if y is None:
