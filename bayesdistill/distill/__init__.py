@@ -38,7 +38,7 @@ from .align import (
     register_criterion,
     register_removal,
 )
-from .adversarial import AdversarialPrior, CriticTraining, KernelCritic, conv_pairs
+from .adversarial import AdversarialPrior, CriticTraining, KernelCritic, conv_pairs, kernel_slices
 from .grow import GROWTH_MODES, GrowthPlan, GrowthPrior, grow, student_from_small
 from .heavy import DecayWeights, HeavyStudentResult, heavy_student
 from .student import student_from_teacher
@@ -89,4 +89,4 @@ __all__ = [
     "align", "AlignmentPlan", "UnitContext", "CRITERIA", "parse_chain", "narrow", "pruning_curve", "aligned_network",
     "register_criterion", "REMOVALS", "register_removal", "check_alignable", "PruningCurve", "student_from_teacher",
     "grow", "GrowthPlan", "GrowthPrior", "GROWTH_MODES", "student_from_small",
-    "AdversarialPrior", "CriticTraining", "KernelCritic", "conv_pairs"]
+    "AdversarialPrior", "CriticTraining", "KernelCritic", "conv_pairs", "kernel_slices"]
