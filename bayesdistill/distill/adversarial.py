@@ -77,7 +77,8 @@ from .terms.registry import TermOption, register_term
 if TYPE_CHECKING:
     from ..infer.engine import SVIEngine
 
-__all__ = ["AdversarialPrior", "KernelCritic", "CriticTraining", "kernel_slices", "conv_pairs", "PENALTIES"]
+__all__ = ["AdversarialPrior", "KernelCritic", "CriticTraining", "kernel_slices", "conv_pairs", "parse_layer_pairs",
+           "PENALTIES"]
 
 #: The forms of the penalty: ``"log_sigmoid"``: -log sigma(D(w)) (the prior reading, bounded);
 #: ``"logit"``: -D(w) (the reference code's generator loss).
@@ -145,10 +146,27 @@ def conv_pairs(teacher: Union[BNN, MeanFieldPosterior], student: Union[BNN, nn.M
     return pairs
 
 
+def parse_layer_pairs(text: Optional[str]) -> Optional[dict[str, str]]:
+    """``"1:1,5:3"`` -> ``{"1": "1", "5": "3"}``; ``"auto"``, ``""`` or ``None`` -> ``None`` (:func:`conv_pairs`)."""
+    if text is None or text.strip() in ("", "auto"):
+        return None
+    pairs: dict[str, str] = {}
+    for item in text.split(","):
+        t, sep, s = item.partition(":")
+        if not sep or not t.strip() or not s.strip():
+            raise ValueError(f"adversarial_prior layers: expected TEACHER:STUDENT conv layer paths separated by commas "
+                             f"(e.g. 1:1,5:3) or 'auto', got {text!r}")
+        key = t.strip() if t.strip() not in pairs else f"{t.strip()}#{s.strip()}"
+        pairs[key] = s.strip()
+    return pairs
+
+
 @register_term(
     "adversarial_prior",
     description="adversarial weight prior: per conv layer a critic tells teacher kernels from the student's",
     options=[
+        TermOption("layers", str, "auto", "conv layer pairs TEACHER:STUDENT,... (e.g. 1:1,5:3,7:5) or auto (same "
+                   "kernel, same stride first, closest relative depth); not the feature pairs of vid/pkt/hint"),
         TermOption("weight", float, 1.0, "multiplies the adaptive lambda of every pair", range="(0, inf)"),
         TermOption("init_lambda", float, 1e-3, "initial lambda per pair (per kernel slice)", range="(0, inf)"),
         TermOption("critic_steps", int, 100, "critic steps after each epoch", range="[1, inf)"),
@@ -157,8 +175,9 @@ def conv_pairs(teacher: Union[BNN, MeanFieldPosterior], student: Union[BNN, nn.M
         TermOption("schedule", str, "adaptive", "lambda: the reference's adaptive rule or fixed",
                    choices=("adaptive", "fixed")),
     ],
-    build=lambda teacher, pairs, **kw: [AdversarialPrior(teacher, pairs, **kw)],
-    pairs=True,
+    # the term's pairs are convolution layers (kernels), not the feature pairs of vid/pkt/hint: its
+    # own option `layers`, so a command line's feature pairs never reach it
+    build=lambda teacher, pairs, layers, **kw: [AdversarialPrior(teacher, parse_layer_pairs(layers), **kw)],
 )
 class AdversarialPrior(Term):
     """Adversarial weight prior (Kolesov 2022; Atanov et al. 2019): a prior-like penalty on the

@@ -141,11 +141,17 @@ def test_registered_and_built_from_options():
     assert "adversarial_prior" in bd.distill.available_terms()
     spec = bd.distill.get_term("adversarial_prior")
     teacher = bd.BNN(small_cnn(4))
-    (term,) = spec.make(teacher, {"1": "1"}, init_lambda=0.01, penalty="logit", critic_steps=7)
+    # the feature pairs of vid/pkt/hint (a command line passes them to every term) do not reach it
+    (term,) = spec.make(teacher, {"8": "6"}, layers="1:1", init_lambda=0.01, penalty="logit", critic_steps=7)
     assert isinstance(term, AdversarialPrior) and term.lambdas == [0.01] and term.penalty == "logit"
-    assert term.critic_steps == 7
+    assert term.pairs == {"1": "1"} and term.critic_steps == 7
+    (auto,) = spec.make(teacher, {"8": "6"})
+    assert auto.default_pairs and not auto.pairs  # resolved by conv_pairs when the objective is built
     with pytest.raises(ValueError, match="penalty"):
         spec.make(teacher, None, penalty="hinge")
+    with pytest.raises(ValueError, match="TEACHER:STUDENT"):
+        spec.make(teacher, None, layers="1-1")
+    assert bd.distill.adversarial.parse_layer_pairs("1:1, 1:3") == {"1": "1", "1#3": "3"}
 
 
 def _fit(tmp, epochs, resume=False, stop_after=None):
