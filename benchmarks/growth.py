@@ -164,7 +164,7 @@ def tables(payload: dict) -> dict[str, str]:
                          fmt([r["nll"] for r in runs], 3), fmt([r["ece"] for r in runs], 3),
                          fmt([r["noise"]["area"] for r in runs], 1, 100),
                          f"{max(diffs):.1e}" if diffs else "-", per_seed([r["accuracy"] for r in runs])])
-        header = ["start", "epoch-0 acc %", f"acc % (epoch {cfg['epochs']})", "NLL", "ECE",
+        header = ["mode", "epoch-0 acc %", f"acc % (epoch {cfg['epochs']})", "NLL", "ECE",
                   "acc % under noise (mean over sigma)", "max old-output diff at start", "acc per seed"]
         blocks[f"growth:{variant}:final"] = (
             f"Small network on its own task: acc {fmt([s['accuracy'] for s in small], 1, 100)} %, "
@@ -174,14 +174,22 @@ def tables(payload: dict) -> dict[str, str]:
             runs = _runs(payload, variant, m)
             erows.append([m] + [fmt([r["curve"]["accuracy"][e] for r in runs if len(r["curve"]["accuracy"]) > e], 1, 100)
                                 for e in (0, *EARLY)])
-        blocks[f"growth:{variant}:early"] = md_table(["start"] + [f"epoch {e}" for e in (0, *EARLY)], erows)
+        blocks[f"growth:{variant}:early"] = md_table(["mode"] + [f"epoch {e}" for e in (0, *EARLY)], erows)
         blocks[f"growth:{variant}:paired"] = paired(payload, variant, modes)
         nrows = []
+        base = {s["seed"]: s["runs"].get("scratch") for s in seeds}
         for m in modes:
             runs = _runs(payload, variant, m)
             sig = runs[0]["noise"]["sigmas"]
-            nrows.append([m] + [fmt([r["noise"]["accuracy"][i] for r in runs], 1, 100) for i in range(len(sig))])
-        blocks[f"growth:{variant}:noise"] = md_table(["start"] + [f"sigma {s:g}" for s in sig], nrows)
+            row = [m]
+            for i in range(len(sig)):
+                cell = fmt([r["noise"]["accuracy"][i] for r in runs], 1, 100)
+                if m != "scratch" and all(base.values()):
+                    wins = sum(1 for s in seeds if s["runs"][m]["noise"]["accuracy"][i] > base[s["seed"]]["noise"]["accuracy"][i])
+                    cell += f" ({wins}/{len(seeds)})"
+                row.append(cell)
+            nrows.append(row)
+        blocks[f"growth:{variant}:noise"] = md_table(["mode"] + [f"sigma {s:g}" for s in sig], nrows)
     m = payload["machine"]
     blocks["growth:setup"] = (
         f"Run: `{payload['command']}`; {payload['seconds']:.0f} s wall time on {m['nproc']} shared cores "

@@ -398,7 +398,10 @@ class CriticTraining(Callback):
     After every epoch: ``critic_steps`` steps, then ``p_real``/``p_fake`` over all slices of one fresh
     teacher and student draw per pair, then the adaptive rule (``schedule="adaptive"``). Writes
     ``distill/<name>/pair<i>/{lambda,p_real,p_fake,critic_loss}`` into the epoch's record. Its state
-    (the critics' Adam) is checkpointed; the critics and lambdas are the term's state.
+    (the critics' Adam) is checkpointed; the critics and lambdas are the term's state. With several
+    processes (``torchrun``) each rank trains its critics on its own draws, then every rank takes rank
+    0's critics and lambdas, so that all ranks' students see the same prior (not tested with several
+    processes).
     """
 
     order = 0
@@ -464,16 +467,28 @@ class CriticTraining(Callback):
                 lam /= t.factor
             t.lambdas[i] = min(hi, max(lo, lam))
 
+    def _sync(self, engine: "SVIEngine") -> None:
+        """Several processes: every rank takes rank 0's critics and lambdas (one prior for all)."""
+        group = getattr(engine, "group", None)
+        if group is None:
+            return
+        t = self.term
+        lam = torch.tensor(t.lambdas, dtype=torch.float64, device=engine.device)
+        group.broadcast_([*t.critics.parameters(), lam])
+        t.lambdas = [float(v) for v in lam.tolist()]
+
     def on_epoch_start(self, engine: "SVIEngine", epoch: int) -> None:
         if not self.term.warmed:
             self.train_critics(self.term.critic_steps)
             self.term.warmed = True
+            self._sync(engine)
 
     def on_epoch_end(self, engine: "SVIEngine", record: dict[str, Any]) -> None:
         t = self.term
         losses = self.train_critics(t.critic_steps)
         probs = self.probabilities()
         self.update_lambdas([pf for _, pf in probs])
+        self._sync(engine)
         prefix = f"distill/{t.name}/"
         for i, ((pr, pf), loss) in enumerate(zip(probs, losses)):
             record[f"{prefix}pair{i}/lambda"] = t.lambdas[i]

@@ -48,7 +48,12 @@ def test_the_built_in_terms_are_registered_in_order():
     assert [get_term(n).pairs for n in ("kd", "vid", "pkt", "hint", "tinybert")] == [False, True, True, True, True]
     assert get_term("kd").tasks == ("classification",) and get_term("vid").tasks is None
     assert term_defaults() == {"kd_temperature": 4.0, "kd_weight": 0.9, "vid_weight": 0.1, "pkt_weight": 1.0,
-                               "hint_weight": 1.0, "tinybert_temperature": 1.0, "tinybert_weight": 1.0}
+                               "hint_weight": 1.0, "tinybert_temperature": 1.0, "tinybert_weight": 1.0,
+                               # the adversarial weight prior (distill/adversarial.py) registers after them
+                               "adversarial_prior_layers": "auto", "adversarial_prior_weight": 1.0,
+                               "adversarial_prior_init_lambda": 1e-3, "adversarial_prior_critic_steps": 100,
+                               "adversarial_prior_critic_lr": 1e-3, "adversarial_prior_penalty": "log_sigmoid",
+                               "adversarial_prior_schedule": "adaptive"}
     with pytest.raises(KeyError, match="no distillation term named 'magic'; registered: kd, vid"):
         get_term("magic")
 
