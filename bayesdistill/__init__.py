@@ -31,7 +31,7 @@ from .errors import (
     ShapeMismatchError,
     UnsupportedLayerError,
 )
-from .distill import AlignmentPlan, align, student_from_teacher
+from .distill import AlignmentPlan, GrowthPlan, align, grow, student_from_small, student_from_teacher
 from . import infer
 from .infer import FitResult, MeanFieldELBO, SVIEngine, evaluate, fit, predict
 from .infer import callbacks
@@ -54,6 +54,9 @@ __all__ = [
     "align",
     "AlignmentPlan",
     "student_from_teacher",
+    "grow",
+    "GrowthPlan",
+    "student_from_small",
     "distill",
     "evaluate",
     "predict",

@@ -8,7 +8,9 @@
   :func:`ood_detection` -> :class:`OODResult` (AUROC / AUPR of the predictive entropy, mutual
   information and max probability against OOD inputs, per :class:`OODScore`) and
   :func:`selective_prediction` -> :class:`SelectiveResult` (accuracy- and risk-coverage curves,
-  AURC, accuracy at fixed coverage); each has ``to_dict()`` for reports;
+  AURC, accuracy at fixed coverage);
+  :func:`weight_noise_robustness` -> :class:`WeightNoiseRobustness` (accuracy under weight noise);
+  each has ``to_dict()`` for reports;
 - :mod:`~bayesdistill.diagnostics.plots` (``bd.plots``): figures that draw results only.
 """
 
@@ -28,6 +30,7 @@ from .uncertainty import (
     selective_prediction,
     uncertainty_scores,
 )
+from .robustness import WeightNoiseRobustness, weight_noise_robustness
 
 __all__ = [
     "plots",
@@ -51,4 +54,6 @@ __all__ = [
     "roc_curve",
     "average_precision",
     "SCORES",
+    "weight_noise_robustness",
+    "WeightNoiseRobustness",
 ]

@@ -24,6 +24,7 @@ notebook the returned figure displays once, as the cell's value.
 >>> fig = plots.roc({"teacher": res_t, "student": res_s}, score="mutual_information")
 >>> fig = plots.selective({"teacher": sel_t, "student": sel_s})  # accuracy- and risk-coverage curves
 >>> fig = plots.learning_curves({"distilled": r1.history, "plain": r2.history}, reference=teacher_metrics)
+>>> fig = plots.weight_noise({"grown": rob1, "scratch": rob2})  # diagnostics.weight_noise_robustness results
 >>> plots.save(fig, "elbo.png")
 
 Histories: one record per epoch; distillation terms report under ``distill/<term>/<metric>``
@@ -959,3 +960,39 @@ def save(fig: "Figure", path: Union[str, os.PathLike], *, dpi: int = 120) -> Pat
     Returns the path.
     """
     return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))
+
+
+# --------------------------------------------------------------------------- weight noise
+def weight_noise(results: Any, title: Optional[str] = None, ax: Optional["Axes"] = None) -> "Figure":
+    """Accuracy under weight noise per noise level (:func:`~bayesdistill.diagnostics.weight_noise_robustness`).
+
+    Args:
+        results: one :class:`~bayesdistill.diagnostics.WeightNoiseRobustness`, or a mapping
+            run name -> result (one line each; error bars: the standard deviation over the draws).
+        title: the axes' title.
+    """
+    from .robustness import WeightNoiseRobustness
+
+    runs = {"": results} if isinstance(results, WeightNoiseRobustness) else results
+    if not isinstance(runs, Mapping) or not runs:
+        raise ValueError("weight_noise(): pass a WeightNoiseRobustness or a non-empty mapping name -> result")
+    for name, r in runs.items():
+        if not isinstance(r, WeightNoiseRobustness):
+            raise _not_a_result("weight_noise", r, "WeightNoiseRobustness results",
+                                "bd.diagnostics.weight_noise_robustness(bnn, data)")
+    if ax is None:
+        fig, axes = _new_figure(1, 1, figsize=(5.6, 4.0))
+        ax = axes[0, 0]
+    else:
+        fig = ax.figure
+    relative = any(r.relative for r in runs.values())
+    for i, (name, r) in enumerate(runs.items()):
+        ax.errorbar(r.sigmas, r.accuracy, yerr=r.std, color=f"C{i % 10}", marker="o", ms=3, capsize=2,
+                    label=name or None)
+    ax.set_xlabel("noise scale sigma" + (" (fraction of each weight)" if relative else " (weight units)"))
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title or "accuracy under weight noise")
+    ax.grid(alpha=0.3)
+    if any(runs):
+        ax.legend(loc="best", fontsize="small")
+    return fig

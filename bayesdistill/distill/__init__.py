@@ -15,6 +15,12 @@
   (Lopez-Paz et al. 2016) in one call, with the :class:`PrivilegedKD` term.
 - :mod:`.datafree`: data-free distillation from a teacher's activation record (Lopes et al.
   2017): ``record``, ``reconstruct``, ``data_free_student``.
+- :func:`grow` / :class:`GrowthPlan` / :func:`student_from_small`: the reverse of alignment:
+  embed a small trained network's posterior into a larger network (more classes, inputs, wider
+  and deeper layers; modes net2net, embed, zero, uniform), the package :mod:`.grow`.
+- :class:`AdversarialPrior` (term ``adversarial_prior``): an adversarial weight prior: per pair of
+  convolution layers a critic tells teacher-posterior kernels from the student's, no unit
+  correspondence needed (:mod:`.adversarial`).
 - :func:`narrow` / :func:`pruning_curve`: narrowed architectures of a chain network, and the
   teacher's test metrics after alignment to them (no training), per fraction of units removed.
 """
@@ -40,6 +46,8 @@ from .align import (
 )
 from . import datafree
 from .generalized import GeneralizedDistillationResult, generalized_distillation
+from .adversarial import AdversarialPrior, CriticTraining, KernelCritic, conv_pairs, kernel_slices
+from .grow import GROWTH_MODES, GrowthPlan, GrowthPrior, grow, student_from_small
 from .heavy import DecayWeights, HeavyStudentResult, heavy_student
 from .student import student_from_teacher
 from .terms import (
@@ -93,4 +101,6 @@ __all__ = [
     "get_term",
     "align", "AlignmentPlan", "UnitContext", "CRITERIA", "parse_chain", "narrow", "pruning_curve", "aligned_network",
     "register_criterion", "REMOVALS", "register_removal", "check_alignable", "PruningCurve", "student_from_teacher",
-    "BLOCK_CRITERIA", "register_block_criterion"]
+    "BLOCK_CRITERIA", "register_block_criterion",
+    "grow", "GrowthPlan", "GrowthPrior", "GROWTH_MODES", "student_from_small",
+    "AdversarialPrior", "CriticTraining", "KernelCritic", "conv_pairs", "kernel_slices"]

@@ -147,7 +147,8 @@ class SVIEngine:
             one transfer batch.
         batch: an adapter from what the data yield to a :class:`~bayesdistill.infer.Batch`.
         callbacks: :class:`~bayesdistill.infer.Callback` objects (or plain functions
-            ``(record, bnn) -> bool``, where ``True`` stops training).
+            ``(record, bnn) -> bool``, where ``True`` stops training); the terms' own callbacks
+            (:meth:`Term.callbacks <bayesdistill.infer.Term.callbacks>`) are added after them.
 
     The engine validates every argument when it is built and the data against the network in
     :meth:`init` (before the first step).
@@ -193,6 +194,8 @@ class SVIEngine:
         if transfer is not None and not self.terms:
             raise ValueError("transfer= only makes sense with distill= terms (the likelihood needs labels)")
         self.transfer = transfer
+        # a term may bring callbacks of its own (e.g. critics trained after each epoch): after the given ones
+        callbacks = [*callbacks, *(cb for t in self.terms if isinstance(t, Term) for cb in t.callbacks())]
         self.callbacks = sorted((cb if isinstance(cb, Callback) else FunctionCallback(cb) for cb in callbacks),
                                 key=lambda cb: cb.order)
         self.group = distributed.current()

@@ -21,6 +21,7 @@ The concrete distillation terms (KD, VID, PKT, Hint, TinyBERT, ...) live in
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any, Optional
@@ -59,7 +60,8 @@ class Term(nn.Module):
     outputs the term reads; the network output is always available) and implement
     :meth:`log_factor`, the per-example contribution ``[B]`` in nats (higher = better) before
     the weight; or override :meth:`observe` to emit Pyro sites of their own (and then report
-    their metrics in :attr:`metrics`). A term that reads a reference (a teacher) overrides
+    their metrics in :attr:`metrics`). A term that needs work around the step (e.g. a critic
+    trained after each epoch) returns callbacks from :meth:`callbacks`. A term that reads a reference (a teacher) overrides
     :meth:`reference_key`, :meth:`reference_paths` and :meth:`reference`. What depends on the
     student network (e.g. default module paths) is resolved in :meth:`bind`, which the
     :class:`Objective` calls before it reads :attr:`student_paths`.
@@ -114,6 +116,12 @@ class Term(nn.Module):
     def validate(self) -> None:
         """Check what can be checked before training (e.g. that module paths exist); raise
         ``KeyError``/``ValueError`` naming the problem. Called when the objective is built."""
+
+    def callbacks(self) -> list[Any]:
+        """Callbacks (:class:`~bayesdistill.infer.Callback`) the term needs around the SVI step, e.g.
+        critics trained on their own optimizer after each epoch; the training engine adds them to
+        its callbacks (their state is checkpointed with the others). Default: none."""
+        return []
 
     # -- the term -------------------------------------------------------------------------
     def setup(self, s_out: Tensor, s_feats: Mapping[str, Tensor], r_out: Any, r_feats: Mapping[str, Tensor]) -> None:
@@ -227,11 +235,14 @@ class Objective:
     def model(self, x: Any, y: Optional[Tensor] = None, size: Optional[int] = None,
               side: Optional[Mapping[str, Any]] = None) -> Tensor:
         bnn = self.bnn
-        if bnn.register_params and any(True for _ in self.terms.parameters()):
+        if bnn.register_params and any(p.requires_grad for p in self.terms.parameters()):
             # plain pyro.infer.SVI / Predictive: the terms' parameters (VID regressors and
             # variances, Hint projections) go into the param store next to the student's, so
-            # that SVI's optimizer trains them; the training engine optimizes them directly
-            pyro.module(f"{bnn.pyro_name}.distill", self.terms)
+            # that SVI's optimizer trains them; the training engine optimizes them directly.
+            # Frozen ones (e.g. critics trained by their own optimizer) stay out, on purpose.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*not registered in the param store because requires_grad=False")
+                pyro.module(f"{bnn.pyro_name}.distill", self.terms)
         with ExitStack() as stack:
             taps = stack.enter_context(FeatureTaps(bnn.net, self.student_paths, "student"))
             if y is None:

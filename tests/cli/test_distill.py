@@ -339,7 +339,7 @@ def test_function_space_options_parse() -> None:
     args = parse(["distill", "--teacher", "t.pt", "--student", "mlp", "--out", "x", "--method", "KD, vid,kd",
                   "--pairs", "8:4, 6:2", "--transfer", "10"])
     assert args.method == ("kd", "vid") and args.pairs == {"8": "4", "6": "2"} and args.transfer == 10
-    assert set(METHODS) == {"prior", "kd", "vid", "pkt", "hint", "tinybert", "privileged_kd"}  # prior and the registered terms
+    assert set(METHODS) == {"prior", "kd", "vid", "pkt", "hint", "tinybert", "privileged_kd", "adversarial_prior"}  # prior and the registered terms
     for bad in (["--method", "magic"], ["--method", ""], ["--vid-pairs", "8"], ["--vid-pairs", "8:4,8:2"],
                 ["--transfer", "0"], ["--kd-weight", "1.5"], ["--vid-weight", "0"]):
         with pytest.raises(SystemExit) as exc:

@@ -55,7 +55,12 @@ def test_the_built_in_terms_are_registered_in_order():
                                "tinybert_temperature": 1.0, "tinybert_weight": 1.0, "tinybert_reduction": "mean",
                                "tinybert_normalize": "variance",
                                "privileged_kd_temperature": 1.0, "privileged_kd_weight": 1.0,
-                               "privileged_kd_key": "privileged"}
+                               "privileged_kd_key": "privileged",
+                               # the adversarial weight prior (distill/adversarial.py)
+                               "adversarial_prior_layers": "auto", "adversarial_prior_weight": 1.0,
+                               "adversarial_prior_init_lambda": 1e-3, "adversarial_prior_critic_steps": 100,
+                               "adversarial_prior_critic_lr": 1e-3, "adversarial_prior_penalty": "log_sigmoid",
+                               "adversarial_prior_schedule": "adaptive"}
     with pytest.raises(KeyError, match="no distillation term named 'magic'; registered: kd, vid"):
         get_term("magic")
 
