@@ -65,6 +65,8 @@ from torch.utils.data import TensorDataset
 import bayesdistill as bd
 from bayesdistill.bnn import last_hidden_layer
 from bayesdistill.distill import KD, PKT, VID, Hint, heavy_student
+from bayesdistill.experiments.recipes import UncertaintyRecipe
+from bayesdistill.experiments.uncertainty import evaluate_uncertainty, ood_sets
 from bayesdistill.infer.metrics import classification_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -235,16 +237,28 @@ def teacher(ctx: Context) -> bd.BNN:
     return bnn
 
 
-def evaluate(bnn: bd.BNN, data, cfg: argparse.Namespace, seed: int) -> dict[str, float]:
-    """``bd.evaluate``'s metrics (the same call), plus for classification ``confidence``: the
-    mean top-class probability of the posterior predictive (above the accuracy: over-confident)."""
+def evaluate(bnn: bd.BNN, data, cfg: argparse.Namespace, seed: int, dataset: str) -> dict[str, float]:
+    """``bd.evaluate``'s metrics (the same call), plus for classification ``confidence`` (the
+    mean top-class probability of the posterior predictive: above the accuracy, over-confident),
+    and the pipelines' uncertainty step (``bayesdistill.experiments.evaluate_uncertainty``, the
+    numbers the command line reports): ``auroc_mi`` / ``auroc_h``, the AUROC of the mutual
+    information / predictive entropy against the data set's transformed-input OOD sets (mean over
+    the kinds), and ``sel_area``, the area under the accuracy-coverage curve."""
     if data.task != "classification":
         m = bd.evaluate(bnn, data.test, num_samples=cfg.samples, seed=seed)
         return {k: float(m[k]) for k in ("rmse", "nll")}
     logits, y = bd.predict(bnn, data.test, num_samples=cfg.samples, seed=seed)
     m = classification_metrics(logits, y)
     conf = logits.softmax(-1).mean(0).max(-1).values.mean()
-    return {**{k: float(m[k]) for k in ("accuracy", "nll", "ece")}, "confidence": float(conf)}
+    out = {**{k: float(m[k]) for k in ("accuracy", "nll", "ece")}, "confidence": float(conf)}
+    recipe = UncertaintyRecipe()
+    u = evaluate_uncertainty(bnn, data.test, ood_sets(dataset, recipe, seed), recipe, num_samples=cfg.samples,
+                             seed=seed)
+    out["sel_area"] = float(u.selective_area)
+    if u.mean_auroc:
+        out["auroc_mi"] = float(u.mean_auroc["mutual_information"])
+        out["auroc_h"] = float(u.mean_auroc["entropy"])
+    return out
 
 
 def _overrides(cfg: argparse.Namespace, term: str) -> dict[str, Any]:
@@ -298,13 +312,15 @@ def run_cell(ctx: Context, t: bd.BNN, pair: str, setting: str, method: str) -> d
     fit_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     row = {"dataset": ctx.dataset, "pair": pair, "setting": setting, "method": method, "seed": ctx.seed,
            "n_train": n, "epochs": rec["epochs"], "fit_s": fit_s, "cpu_s": cpu_s,
-           **evaluate(student, data, cfg, ctx.seed)}
+           **evaluate(student, data, cfg, ctx.seed, ctx.dataset)}
     return row
 
 
 # ---------------------------------------------------------------------------------- summary
-METRICS = {"classification": ("accuracy", "nll", "ece"), "regression": ("rmse", "nll")}
-HIGHER_IS_BETTER = {"accuracy"}
+METRICS = {"classification": ("accuracy", "nll", "ece", "auroc_mi", "sel_area"), "regression": ("rmse", "nll")}
+HIGHER_IS_BETTER = {"accuracy", "auroc_mi", "auroc_h", "sel_area"}
+#: the uncertainty columns (issue 15), listed apart from the predictive ones in the findings
+UNCERTAINTY_METRICS = ("auroc_mi", "auroc_h", "sel_area")
 
 
 def _task(dataset: str) -> str:
@@ -351,7 +367,8 @@ def _fmt(metric: str, mean: float, sd: float) -> str:
 
 
 MARK = {"worse": " ▼", "better": " ▲", "same": ""}
-LABEL = {"accuracy": "acc %", "nll": "NLL", "ece": "ECE", "rmse": "RMSE"}
+LABEL = {"accuracy": "acc %", "nll": "NLL", "ece": "ECE", "rmse": "RMSE", "auroc_mi": "OOD AUROC (MI)",
+         "auroc_h": "OOD AUROC (H)", "sel_area": "sel. area"}
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -399,20 +416,24 @@ def _pair_text(dataset: str, pair: str) -> str:
 
 def findings(payload: dict[str, Any]) -> str:
     """Every cell worse (or better) than plain beyond 2 sd, listed from the summary."""
-    worse, better = [], []
+    lists: dict[tuple[str, bool], list[str]] = {(v, u): [] for v in ("worse", "better") for u in (False, True)}
     for e in payload["summary"]:
         for m, v in e["verdict"].items():
-            cell = f"{e['method']} on {e['dataset']} {e['pair']} {e['setting']} ({LABEL[m]} {_fmt(m, e['metrics'][m]['mean'], e['metrics'][m]['std'])})"
-            (worse if v == "worse" else better if v == "better" else []).append(cell)
-    lines = ["**Worse than plain beyond 2 standard deviations** (▼): " + ("; ".join(worse) if worse else "none") + ".",
-             "",
-             "**Better than plain beyond 2 standard deviations** (▲): " + ("; ".join(better) if better else "none") + ".",
-             ""]
+            if v in ("worse", "better"):
+                cell = (f"{e['method']} on {e['dataset']} {e['pair']} {e['setting']} "
+                        f"({LABEL[m]} {_fmt(m, e['metrics'][m]['mean'], e['metrics'][m]['std'])})")
+                lists[v, m in UNCERTAINTY_METRICS].append(cell)
+    lines = []
+    for u, what in ((False, "accuracy / RMSE, NLL, ECE"), (True, "OOD AUROC, selective area")):
+        for v, mark, word in (("worse", "▼", "Worse"), ("better", "▲", "Better")):
+            cells = lists[v, u]
+            lines += [f"**{word} than plain beyond 2 standard deviations, {what}** ({mark}): "
+                      + ("; ".join(cells) if cells else "none") + ".", ""]
     secs = payload.get("seconds")
     if secs is not None:
         load = payload.get("machine", {}).get("loadavg_at_start")
         lines.append(f"`{payload['config'].get('command', '')}`: {secs / 60:.1f} min wall time, "
-                     f"{payload.get('cpu_seconds', float('nan')) / 60:.1f} min of CPU time (one thread"
+                     f"{payload.get('cpu_seconds', float('nan')) / 60:.1f} min of CPU time (one thread per process"
                      + (f"; load average {load[0]:.1f} on {payload['machine'].get('nproc')} cores at the start"
                         if load else "") + ").")
     return "\n".join(lines)
@@ -559,7 +580,9 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--out", default=str(RESULTS_DIR / "table"), help="folder of table.json, table.md, table.png")
     p.add_argument("--docs", action="store_true", help="also write docs/comparison.md (tables), "
                    "docs/comparison.json and docs/figures/comparison.png")
-    p.add_argument("--from-json", default=None, metavar="PATH", help="no training: tables and figure of a run")
+    p.add_argument("--from-json", nargs="+", default=None, metavar="PATH",
+                   help="no training: tables and figure of a run, or of several runs merged (e.g. the data sets "
+                   "run in parallel processes: their results are pooled and summarized again)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, 1 epoch, a few examples")
     p.add_argument("--sweep", nargs="+", default=None, metavar="LABEL=PATH",
                    help="no training: summarize runs of this script (their table.json) against the plain students "
@@ -588,6 +611,31 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     return cfg
 
 
+def merge_runs(payloads: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run of several (each a ``table.json``): results and teachers pooled, the summary
+    computed again; wall time the longest run's (they ran side by side), CPU time the sum.
+    Refuses runs whose configurations differ in anything but the data sets and the command."""
+    if len(payloads) == 1:
+        return payloads[0]
+    first = payloads[0]
+    same = lambda c: {k: v for k, v in c.items() if k not in ("datasets", "command")}  # noqa: E731
+    for other in payloads[1:]:
+        if same(other["config"]) != same(first["config"]):
+            raise SystemExit("--from-json: the runs differ in their configuration (beyond the data sets): "
+                             f"{same(first['config'])} vs {same(other['config'])}")
+    results = [r for p in payloads for r in p["results"]]
+    keys = [(r["dataset"], r["pair"], r["setting"], r["method"], r["seed"]) for r in results]
+    if len(set(keys)) != len(keys):
+        raise SystemExit("--from-json: the runs overlap (the same data set, pair, setting, method and seed twice)")
+    config = {**first["config"], "datasets": [d for p in payloads for d in p["config"]["datasets"]],
+              "command": " & ".join(p["config"]["command"] for p in payloads)}
+    merged = {**first, "config": config, "results": results,
+              "teachers": [t for p in payloads for t in p["teachers"]],
+              "seconds": max(p["seconds"] for p in payloads), "cpu_seconds": sum(p["cpu_seconds"] for p in payloads)}
+    merged["summary"] = summarize(results)
+    return merged
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     cfg = parse(argv)
     out = Path(cfg.out)
@@ -606,7 +654,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             write_sweep_docs(runs, plain, md)
         return 0
     if cfg.from_json:
-        payload = json.loads(Path(cfg.from_json).read_text())
+        payload = merge_runs([json.loads(Path(p).read_text()) for p in cfg.from_json])
     else:
         torch.set_num_threads(cfg.threads)
         t_start, c_start = time.perf_counter(), time.process_time()
@@ -616,7 +664,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for seed in seeds:
                 ctx = Context(cfg, dataset, seed)
                 t = teacher(ctx)
-                t_metrics = evaluate(t, ctx.full, cfg, seed)
+                t_metrics = evaluate(t, ctx.full, cfg, seed, dataset)
                 rows.append({"dataset": dataset, "pair": "teacher", "setting": "full", "method": "teacher",
                              "seed": seed, "n_train": len(ctx.full.train), "epochs": recipe(cfg, dataset, "teacher")["epochs"],
                              "fit_s": 0.0, **t_metrics})

@@ -48,7 +48,8 @@ def test_quick_run_covers_every_cell_with_two_seeds(table, quick_run):
         "plain", "hint", "pkt", "vid", "prior", "prior+vid", "heavy"}  # no KD on regression
     assert ("mnist1d", "cross-kind", "10%", "prior") not in cells  # no alignment from a CNN into an MLP
     for r in payload["results"]:
-        keys = ("accuracy", "nll", "ece", "confidence") if r["dataset"] != "synthetic-regression" else ("rmse", "nll")
+        keys = (("accuracy", "nll", "ece", "confidence", "auroc_mi", "auroc_h", "sel_area")
+                if r["dataset"] != "synthetic-regression" else ("rmse", "nll"))
         assert all(isinstance(r[k], float) for k in keys) and r["fit_s"] >= 0 and r["cpu_s"] >= 0
     assert len(payload["summary"]) == len(cells)
     for e in payload["summary"]:
@@ -65,19 +66,33 @@ def test_quick_run_writes_the_markdown_table_and_the_figure(table, quick_run):
     for d, spec in table.DATASETS.items():
         for s in table.SETTINGS:
             assert f"### {d}, {s} of the labels" in md
-    assert "| method | same-kind: acc % | same-kind: NLL | same-kind: ECE | cross-kind: acc % |" in md
+    assert ("| method | same-kind: acc % | same-kind: NLL | same-kind: ECE | same-kind: OOD AUROC (MI) | "
+            "same-kind: sel. area | cross-kind: acc % |") in md
     assert "| method | mlp -> mlp: RMSE | mlp -> mlp: NLL |" in md
     assert "at the last epoch" in md
     # prior applies to the same-kind pairs and the regression MLPs: "—" in the cross-kind columns
     rows = [line for line in md.splitlines() if line.startswith("| prior |")]
-    assert sorted(line.count("—") for line in rows) == [0, 0, 3, 3, 3, 3]
+    assert sorted(line.count("—") for line in rows) == [0, 0, 5, 5, 5, 5]
     assert md.count("| vid (wide map) |") == 4  # the cross-kind pairs of MNIST-1D and digits, two settings
-    assert "**Worse than plain beyond 2 standard deviations**" in md
+    assert "**Worse than plain beyond 2 standard deviations, accuracy / RMSE, NLL, ECE**" in md
+    assert "**Worse than plain beyond 2 standard deviations, OOD AUROC, selective area**" in md
     assert (quick_run / "table.png").stat().st_size > 10_000
     # the tables again from the JSON, without training
     again = quick_run / "again"
     assert table.main(["--from-json", str(quick_run / "table.json"), "--out", str(again)]) == 0
     assert (again / "table.md").read_text() == md
+    # runs side by side (one data set each) merge into the same tables
+    payload = json.loads((quick_run / "table.json").read_text())
+    for d in ("digits", "mnist1d"):
+        part = {**payload, "config": {**payload["config"], "datasets": [d]},
+                "results": [r for r in payload["results"] if r["dataset"] == d],
+                "teachers": [t for t in payload["teachers"] if t["dataset"] == d]}
+        (quick_run / f"{d}.json").write_text(json.dumps(part))
+    merged = table.merge_runs([json.loads((quick_run / f"{d}.json").read_text()) for d in ("digits", "mnist1d")])
+    only = [r for r in payload["results"] if r["dataset"] in ("digits", "mnist1d")]
+    assert merged["summary"] == table.summarize(sorted(only, key=lambda r: r["dataset"] != "digits"))
+    with pytest.raises(SystemExit, match="overlap"):
+        table.merge_runs([json.loads((quick_run / "digits.json").read_text())] * 2)
 
 
 def test_sweep_summary_of_quick_runs(table, quick_run, capsys):
