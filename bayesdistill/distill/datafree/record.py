@@ -346,6 +346,28 @@ def _input_of(batch_x: Any) -> Tensor:
 
 
 @torch.no_grad()
+def _block_specs(kind: str, chosen: list[str], teacher: Union[BNN, nn.Module], runner: "TeacherRunner",
+                 batches: Batches, spectral_fraction: float) -> list[tuple[str, list[str], Optional[Tensor]]]:
+    """The record's blocks ``(name, layers, basis)``: one per layer (``top``, ``all``), or the
+    spectral projections of all layers together / of each pair of consecutive layers."""
+    if kind in ("top", "all"):
+        return [(l, [l], None) for l in chosen]
+    if len(chosen) < 2:
+        raise ValueError(f"a {kind} record needs at least two recorded layers, got {chosen}")
+    probe = runner.run(_input_of(batches.head(2).x))
+    widths = {l: int(probe[l][0].numel()) for l in chosen}
+    weights = [_linear_between(teacher, a, b) for a, b in zip(chosen[:-1], chosen[1:])]
+    if kind == "spectral-all":
+        sizes = [widths[l] for l in chosen]
+        return [("spectral", list(chosen), spectral_basis(sizes, weights, num_components(sum(sizes), spectral_fraction)))]
+    specs = []
+    for i, (a, b) in enumerate(zip(chosen[:-1], chosen[1:])):
+        sizes = [widths[a], widths[b]]
+        specs.append((f"spectral:{a}+{b}", [a, b],
+                      spectral_basis(sizes, [weights[i]], num_components(sum(sizes), spectral_fraction))))
+    return specs
+
+
 def record(
     teacher: Union[BNN, nn.Module],
     data: Data,
@@ -394,26 +416,7 @@ def record(
     runner = TeacherRunner(teacher, chosen, temperature).to(dev)
     batches = Batches(data, batch_size, dev, 0, shuffle=False, what="record data")
 
-    # the blocks: (name, layers, basis)
-    specs: list[tuple[str, list[str], Optional[Tensor]]]
-    if kind in ("top", "all"):
-        specs = [(l, [l], None) for l in chosen]
-    else:
-        if len(chosen) < 2:
-            raise ValueError(f"a {kind} record needs at least two recorded layers, got {chosen}")
-        probe = runner.run(_input_of(batches.head(2).x))
-        widths = {l: int(probe[l][0].numel()) for l in chosen}
-        weights = [_linear_between(teacher, a, b) for a, b in zip(chosen[:-1], chosen[1:])]
-        if kind == "spectral-all":
-            sizes = [widths[l] for l in chosen]
-            specs = [("spectral", list(chosen), spectral_basis(sizes, weights, num_components(sum(sizes),
-                                                                                            spectral_fraction)))]
-        else:
-            specs = []
-            for i, (a, b) in enumerate(zip(chosen[:-1], chosen[1:])):
-                sizes = [widths[a], widths[b]]
-                specs.append((f"spectral:{a}+{b}", [a, b],
-                              spectral_basis(sizes, [weights[i]], num_components(sum(sizes), spectral_fraction))))
+    specs = _block_specs(kind, chosen, teacher, runner, batches, spectral_fraction)
 
     s1: list[dict[int, Tensor]] = [{} for _ in specs]
     s2: list[dict[int, Tensor]] = [{} for _ in specs]
