@@ -437,7 +437,8 @@ def record(
         x_sum += float(xd.sum())
         x_sq += float((xd**2).sum())
         x_n += xd.numel()
-        acts = runner.run(x)
+        with torch.no_grad():  # statistics only: no autograd graph
+            acts = runner.run(x)
         out_width[0] = int(acts[OUTPUT].reshape(len(x), -1).shape[1])
         for i, (name, ls, basis) in enumerate(specs):
             f = block_features(ls, basis, acts).double()
