@@ -339,6 +339,34 @@ def _add_demo(sub: Any) -> None:
     p.set_defaults(handler=_cmd_demo)
 
 
+def _add_train_options(p: argparse.ArgumentParser, d: Any) -> None:
+    """The SVI options of the family commands (defaults from the recipe ``d``)."""
+    _add_optimization_options(p, d)
+    p.add_argument("--out", type=Path, required=True, help="output folder (created if needed)" + _NO_DEFAULT)
+    p.add_argument("--overwrite", action="store_true", help="replace a run that OUT already holds (default: refuse)")
+
+
+def _add_generalized(sub: Any) -> None:
+    d = ex.GeneralizedRecipe()
+    p = sub.add_parser("generalized", help="generalized distillation (teacher on privileged inputs) on a "
+                       "privileged-* data set", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Per seed, one draw of a privileged-* data set: a Bayesian teacher on the "
+                       "privileged inputs x*, a student on x, and a student distilled on x from the teacher's soft "
+                       "labels on x* (Lopez-Paz et al. 2016). Writes metrics.json and report.md into --out.")
+    p.add_argument("--dataset", default="privileged-clean-labels", help="a privileged-* data set: "
+                   + ", ".join(ex.generalized_datasets()))
+    p.add_argument("--seeds", type=_nonnegative_int, nargs="+", default=list(d.seeds), help="one run per seed (data and fits)")
+    p.add_argument("--temperature", type=_positive_float, default=d.temperature, help="T of the soft labels")
+    p.add_argument("--imitation", type=_fraction, default=d.imitation,
+                   help="lambda: weight of the teacher's soft labels (the likelihood gets 1 - lambda)")
+    p.add_argument("--prior-scale", type=_positive_float, default=d.prior_scale, help="Normal(0, s^2) prior")
+    p.add_argument("--teacher-mode", choices=["sample", "mean"], default=d.teacher_mode,
+                   help="a teacher posterior draw per step, or its posterior mean")
+    _add_train_options(p, d)
+    _add_run_options(p, seed=False)
+    p.set_defaults(handler=_cmd_generalized)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
@@ -349,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bayesdistill {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_fit, _add_evaluate, _add_distill, _add_demo):
+    for add in (_add_fit, _add_evaluate, _add_distill, _add_demo, _add_generalized):
         add(sub)
     return parser
 
@@ -408,6 +436,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(reports.distill_summary(result.student, args.out))
         print(reports.function_space_summary(result.function_space))
         print(f"report: {result.report}")
+    return 0
+
+
+def _cmd_generalized(args: argparse.Namespace) -> int:
+    result = ex.generalized(args.out, args.dataset, _recipe(ex.GeneralizedRecipe, args), run=_run(args))
+    if ex.is_main():
+        print(ex.family_reports.generalized_summary(result, args.out))
     return 0
 
 
