@@ -25,10 +25,12 @@ import them directly.
 
 from . import config, factories, family_reports, progress, recipes, reports, runs, uncertainty
 from .config import ConfigError, read_config
+from .datafree import DataFreeResult, RecordResult, datafree, record_teacher
 from .demo import DemoResult, demo
 from .distill import DistillResult, TeacherSummary, TrainedStudent, distill
 from .evaluation import EvaluationResult, evaluate_model
 from .factories import FactoryError, ImportNotAllowedError, build_model, load_dataset
+from .growth import GrowResult, grow
 from .generalized import GeneralizedResult, generalized, generalized_datasets
 from .function_space import FunctionSpaceResult, FunctionSpaceStudent, function_space
 from .model_file import Architecture, ModelFile, load_model, read_model_file, save_model
@@ -65,6 +67,7 @@ __all__ = [
     "build_model", "load_dataset", "ImportNotAllowedError", "FactoryError", "ConfigError", "read_config",
     "ExperimentError", "Stages", "is_main",
     "GeneralizedRecipe", "RecordRecipe", "DataFreeRecipe", "GrowRecipe", "generalized", "GeneralizedResult",
-    "generalized_datasets",
+    "generalized_datasets", "record_teacher", "RecordResult", "datafree", "DataFreeResult",
+    "grow", "GrowResult",
     "config", "factories", "family_reports", "progress", "recipes", "reports", "runs", "uncertainty",
 ]
