@@ -144,3 +144,14 @@ def test_grow_refuses_a_plan_that_shrinks(teacher: Path, tmp_path: Path, capsys:
                  str(tmp_path / "g"), *TINY]) == 2
     one_line_error(capsys, "cannot shrink", "bd.align")
     assert not (tmp_path / "g").exists()
+
+
+# ----------------------------------------------------------------------------- adversarial prior
+def test_adversarial_prior_is_a_distill_method(cache_dir: Path, cnn_run: Path, tmp_path: Path) -> None:
+    """docs/adversarial-prior.md: the registered term is a method of ``distill``, flags from the registry."""
+    out = tmp_path / "adv"
+    _run(cache_dir, ["distill", "--teacher", str(cnn_run / "model.pt"), "--student", "cnn", "--channels", "8",
+                     "--method", "adversarial_prior", "--adversarial-prior-critic-steps", "2", "--epochs", "1",
+                     "--train-fraction", "0.1", "--no-ood", "--out", str(out), *TINY])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["methods"] == ["adversarial_prior"] and m["function_space"]["terms"] == ["adversarial_prior"]
