@@ -8,11 +8,17 @@
     bayesdistill distill --teacher runs/teacher --student mlp --method kd,vid --transfer 50000 --out runs/mlp
     bayesdistill fit --config run.toml --model mypkg.nets:resnet --allow-imports --threads 1 --out runs/mine
     bayesdistill demo --out bayesdistill-demo            # add --quick for a seconds-long smoke run
+    bayesdistill generalized --dataset privileged-clean-labels --seeds 0 1 2 --out runs/gd
+    bayesdistill record --teacher runs/teacher/model.pt --kind top --out runs/teacher.record.pt
+    bayesdistill datafree --teacher runs/teacher/model.pt --record runs/teacher.record.pt --student mlp --out runs/df
+    bayesdistill grow --small runs/small/model.pt --model mlp --hidden 128,128 --compare --out runs/grown
     torchrun --nproc-per-node 2 -m bayesdistill fit ...  # data-parallel; rank 0 writes the files
 
 What each command computes and writes is documented with its pipeline:
 :func:`~bayesdistill.experiments.fit_teacher`, :func:`~bayesdistill.experiments.evaluate_model`,
-:func:`~bayesdistill.experiments.distill`, :func:`~bayesdistill.experiments.demo`; the defaults
+:func:`~bayesdistill.experiments.distill`, :func:`~bayesdistill.experiments.demo`,
+:func:`~bayesdistill.experiments.generalized`, :func:`~bayesdistill.experiments.record_teacher`,
+:func:`~bayesdistill.experiments.datafree`, :func:`~bayesdistill.experiments.grow`; the defaults
 are the recipes of :mod:`bayesdistill.experiments.recipes`; ``--config`` reads a TOML file
 (:mod:`bayesdistill.experiments.config`). Errors in the input (a missing or damaged file, an
 unknown dataset or model, an import path without ``--allow-imports``, a folder that holds a run,
@@ -339,6 +345,110 @@ def _add_demo(sub: Any) -> None:
     p.set_defaults(handler=_cmd_demo)
 
 
+def _add_train_options(p: argparse.ArgumentParser, d: Any) -> None:
+    """The SVI options of the family commands (defaults from the recipe ``d``)."""
+    _add_optimization_options(p, d)
+    p.add_argument("--out", type=Path, required=True, help="output folder (created if needed)" + _NO_DEFAULT)
+    p.add_argument("--overwrite", action="store_true", help="replace a run that OUT already holds (default: refuse)")
+
+
+def _add_generalized(sub: Any) -> None:
+    d = ex.GeneralizedRecipe()
+    p = sub.add_parser("generalized", help="generalized distillation (teacher on privileged inputs) on a "
+                       "privileged-* data set", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Per seed, one draw of a privileged-* data set: a Bayesian teacher on the "
+                       "privileged inputs x*, a student on x, and a student distilled on x from the teacher's soft "
+                       "labels on x* (Lopez-Paz et al. 2016). Writes metrics.json and report.md into --out.")
+    p.add_argument("--dataset", default="privileged-clean-labels", help="a privileged-* data set: "
+                   + ", ".join(ex.generalized_datasets()))
+    p.add_argument("--seeds", type=_nonnegative_int, nargs="+", default=list(d.seeds), help="one run per seed (data and fits)")
+    p.add_argument("--temperature", type=_positive_float, default=d.temperature, help="T of the soft labels")
+    p.add_argument("--imitation", type=_fraction, default=d.imitation,
+                   help="lambda: weight of the teacher's soft labels (the likelihood gets 1 - lambda)")
+    p.add_argument("--prior-scale", type=_positive_float, default=d.prior_scale, help="Normal(0, s^2) prior")
+    p.add_argument("--teacher-mode", choices=["sample", "mean"], default=d.teacher_mode,
+                   help="a teacher posterior draw per step, or its posterior mean")
+    _add_train_options(p, d)
+    _add_run_options(p, seed=False)
+    p.set_defaults(handler=_cmd_generalized)
+
+
+def _add_record(sub: Any) -> None:
+    d = ex.RecordRecipe()
+    p = sub.add_parser("record", help="record a teacher's activation statistics for data-free distillation",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Record the per-class activation statistics of a saved teacher on its own "
+                       "training data (read from its model file) and write them, atomically, to --out: what the "
+                       "teacher ships instead of its data (Lopes et al. 2017; 'bayesdistill datafree' reads it).")
+    p.add_argument("--teacher", type=Path, required=True, help="the teacher's model.pt or run folder" + _NO_DEFAULT)
+    p.add_argument("--kind", choices=["top", "all", "spectral-all", "spectral-pairs"], default=d.kind,
+                   help="what is recorded: the output, every layer, or spectral coefficients (docs/datafree.md)")
+    p.add_argument("--temperature", type=_positive_float, default=d.temperature, help="T of the recorded f(x)/T")
+    p.add_argument("--spectral-fraction", type=_fraction, default=d.spectral_fraction,
+                   help="spectral kinds: the share of each layer graph's eigenvectors kept")
+    p.add_argument("--out", type=Path, required=True, help="the record file (e.g. teacher.record.pt)" + _NO_DEFAULT)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing record file (default: refuse)")
+    _add_run_options(p, seed=False, num_samples=False)
+    p.set_defaults(handler=_cmd_record)
+
+
+def _add_datafree(sub: Any) -> None:
+    d = ex.DataFreeRecipe()
+    p = sub.add_parser("datafree", help="distill a teacher into a student from its activation record, without data",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Reconstruct inputs from a teacher's record ('bayesdistill record'), distill a "
+                       "Bayesian student on them by KD (no training example, no label), then evaluate teacher and "
+                       "student on the test split of the teacher's data set. Writes model.pt, metrics.json, "
+                       "report.md, history.csv and elbo.png into --out.")
+    p.add_argument("--teacher", type=Path, required=True, help="the teacher's model.pt or run folder" + _NO_DEFAULT)
+    p.add_argument("--record", type=Path, required=True, help="the teacher's record file" + _NO_DEFAULT)
+    p.add_argument("--student", default="mlp", help="student architecture (built-in or package.module:factory)")
+    p.add_argument("--hidden", type=_int_list, default=None,
+                   help="mlp students: hidden widths, comma-separated (default: 256,256)" + _NO_DEFAULT)
+    p.add_argument("--channels", type=_positive_int, default=None, help="cnn students: channels" + _NO_DEFAULT)
+    p.add_argument("--inputs", type=_positive_int, default=d.inputs, help="inputs to reconstruct")
+    p.add_argument("--steps", type=_nonnegative_int, default=d.steps, help="Adam steps of the reconstruction")
+    p.add_argument("--objective", choices=["match", "deepinversion"], default=d.objective,
+                   help="the reconstruction objective")
+    p.add_argument("--kd-weight", type=_fraction, default=d.kd_weight, help="weight of the KD term (1: soft labels only)")
+    _add_train_options(p, d)
+    _add_run_options(p)
+    p.set_defaults(handler=_cmd_datafree)
+
+
+def _add_grow(sub: Any) -> None:
+    d = ex.GrowRecipe()
+    p = sub.add_parser("grow", help="grow a small trained model into a larger network and train it",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Map a small saved model's posterior onto a larger network (bd.grow), train the "
+                       "grown network by SVI (bd.student_from_small: the small posterior is the prior of the old "
+                       "weights) and, with --compare, the same network from scratch. Writes model.pt, plan.pt, "
+                       "plan.json, metrics.json, report.md, history.csv and elbo.png into --out.")
+    p.add_argument("--small", type=Path, required=True, help="the small model's model.pt or run folder" + _NO_DEFAULT)
+    p.add_argument("--model", required=True, help="the large architecture (cnn, cnn-deep, mlp, ...)" + _NO_DEFAULT)
+    p.add_argument("--hidden", type=_int_list, default=None, help="mlp: hidden widths, comma-separated" + _NO_DEFAULT)
+    p.add_argument("--channels", type=_positive_int, default=None, help="cnn: channels per layer" + _NO_DEFAULT)
+    p.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
+                   help="the model factory's keyword arguments" + _NO_DEFAULT)
+    p.add_argument("--dataset", default=None, help="data set (default: the small model's)" + _NO_DEFAULT)
+    p.add_argument("--dataset-kwargs", type=_json_object, default=None, metavar="JSON",
+                   help="keyword arguments of a data-set factory named by import path" + _NO_DEFAULT)
+    p.add_argument("--mode", choices=["net2net", "embed", "zero", "uniform"], default=d.mode,
+                   help="how new units, inputs and layers start (docs/growth.md)")
+    p.add_argument("--prior-scale", type=_teacher_prior_scale, default=d.prior_scale,
+                   help="prior scale of the old weights: unit, posterior or a number")
+    p.add_argument("--new-prior-scale", type=_positive_float, default=d.new_prior_scale,
+                   help="prior scale of the new weights")
+    p.add_argument("--init", choices=["grown", "grown-posterior", "module"], default=d.init,
+                   help="where the grown network's posterior starts")
+    p.add_argument("--train-fraction", type=_fraction, default=1.0, help="class-balanced fraction of the training set")
+    p.add_argument("--compare", action="store_true", help="also train the same network from scratch")
+    p.add_argument("--monitor", action="store_true", help="evaluate on the test split after every epoch")
+    _add_train_options(p, d)
+    _add_run_options(p)
+    p.set_defaults(handler=_cmd_grow)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
@@ -349,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bayesdistill {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_fit, _add_evaluate, _add_distill, _add_demo):
+    for add in (_add_fit, _add_evaluate, _add_distill, _add_demo, _add_generalized, _add_record, _add_datafree,
+                _add_grow):
         add(sub)
     return parser
 
@@ -408,6 +519,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(reports.distill_summary(result.student, args.out))
         print(reports.function_space_summary(result.function_space))
         print(f"report: {result.report}")
+    return 0
+
+
+def _cmd_generalized(args: argparse.Namespace) -> int:
+    result = ex.generalized(args.out, args.dataset, _recipe(ex.GeneralizedRecipe, args), run=_run(args))
+    if ex.is_main():
+        print(ex.family_reports.generalized_summary(result, args.out))
+    return 0
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    result = ex.record_teacher(args.out, args.teacher, _recipe(ex.RecordRecipe, args), run=_run(args))
+    if ex.is_main():
+        print(ex.family_reports.record_summary(result))
+    return 0
+
+
+def _cmd_datafree(args: argparse.Namespace) -> int:
+    result = ex.datafree(args.out, args.teacher, args.record, args.student, _recipe(ex.DataFreeRecipe, args),
+                         hidden=args.hidden, channels=args.channels, run=_run(args))
+    if ex.is_main():
+        print(ex.family_reports.datafree_summary(result, args.out))
+    return 0
+
+
+def _cmd_grow(args: argparse.Namespace) -> int:
+    result = ex.grow(args.out, args.small, args.model, _recipe(ex.GrowRecipe, args), dataset=args.dataset,
+                     hidden=args.hidden, channels=args.channels, model_kwargs=args.model_kwargs,
+                     dataset_kwargs=args.dataset_kwargs, train_fraction=args.train_fraction, compare=args.compare,
+                     run=_run(args))
+    if ex.is_main():
+        print(ex.family_reports.grow_summary(result, args.out))
     return 0
 
 

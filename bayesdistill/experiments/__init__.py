@@ -10,6 +10,9 @@ import them directly.
   :class:`DistillResult`, :func:`function_space` -> :class:`FunctionSpaceResult`, :func:`demo` ->
   :class:`DemoResult`, :func:`evaluate_model` -> :class:`EvaluationResult` (each ``to_dict()`` is
   the run's ``metrics.json``); under ``torchrun`` every process computes and rank 0 writes;
+- the family methods: :func:`generalized` -> :class:`GeneralizedResult`, :func:`record_teacher`
+  -> :class:`RecordResult`, :func:`datafree` -> :class:`DataFreeResult`, :func:`grow` ->
+  :class:`GrowResult` (reports in :mod:`.family_reports`);
 - :mod:`.uncertainty`: every evaluated network's OOD detection and selective prediction
   (:class:`UncertaintyResult`, the ``uncertainty`` entry next to its test metrics);
 - :mod:`.reports`: console tables and the demo's Markdown report, from a run's numbers only;
@@ -20,12 +23,15 @@ import them directly.
   :mod:`.progress`: the stage counter; :mod:`.runs`: devices, run folders, threads, processes.
 """
 
-from . import config, factories, progress, recipes, reports, runs, uncertainty
+from . import config, factories, family_reports, progress, recipes, reports, runs, uncertainty
 from .config import ConfigError, read_config
+from .datafree import DataFreeResult, RecordResult, datafree, record_teacher
 from .demo import DemoResult, demo
 from .distill import DistillResult, TeacherSummary, TrainedStudent, distill
 from .evaluation import EvaluationResult, evaluate_model
 from .factories import FactoryError, ImportNotAllowedError, build_model, load_dataset
+from .growth import GrowResult, grow
+from .generalized import GeneralizedResult, generalized, generalized_datasets
 from .function_space import FunctionSpaceResult, FunctionSpaceStudent, function_space
 from .model_file import Architecture, ModelFile, load_model, read_model_file, save_model
 from .progress import Stages
@@ -34,10 +40,14 @@ from .recipes import (
     PRIOR_METHOD,
     QUICK,
     QUICK_DEMO,
+    DataFreeRecipe,
     DemoRecipe,
     DistillRecipe,
     FunctionSpaceRecipe,
+    GeneralizedRecipe,
+    GrowRecipe,
     QuickSettings,
+    RecordRecipe,
     RunSettings,
     TeacherRecipe,
     UncertaintyRecipe,
@@ -56,5 +66,8 @@ __all__ = [
     "save_model", "load_model", "read_model_file", "ModelFile", "Architecture",
     "build_model", "load_dataset", "ImportNotAllowedError", "FactoryError", "ConfigError", "read_config",
     "ExperimentError", "Stages", "is_main",
-    "config", "factories", "progress", "recipes", "reports", "runs", "uncertainty",
+    "GeneralizedRecipe", "RecordRecipe", "DataFreeRecipe", "GrowRecipe", "generalized", "GeneralizedResult",
+    "generalized_datasets", "record_teacher", "RecordResult", "datafree", "DataFreeResult",
+    "grow", "GrowResult",
+    "config", "factories", "family_reports", "progress", "recipes", "reports", "runs", "uncertainty",
 ]

@@ -15,7 +15,10 @@ defaults from here, the benchmarks import them from here, and a different recipe
 - :class:`DemoRecipe`: ``bayesdistill demo``; :data:`QUICK_DEMO` its ``--quick`` variant;
 - :class:`UncertaintyRecipe`: the OOD detection and selective prediction of every evaluated
   network (on unless ``RunSettings(ood=False)``, the command line's ``--no-ood``);
-- :class:`RunSettings`: seed, device, posterior draws, threads, imports, overwrite, quiet.
+- :class:`RunSettings`: seed, device, posterior draws, threads, imports, overwrite, quiet;
+- the family methods: :class:`GeneralizedRecipe` (``bayesdistill generalized``),
+  :class:`RecordRecipe` (``bayesdistill record``), :class:`DataFreeRecipe` (``bayesdistill
+  datafree``), :class:`GrowRecipe` (``bayesdistill grow``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ __all__ = [
     "PRUNING_PLOT_MAX_PROBE",
     "REGRESSION_NOISE",
     "PRIOR_METHOD",
+    "GeneralizedRecipe",
+    "RecordRecipe",
+    "DataFreeRecipe",
+    "GrowRecipe",
 ]
 
 
@@ -270,3 +277,100 @@ REGRESSION_NOISE = 0.1
 
 #: The distillation method that is not a term: the aligned teacher posterior as the student's prior.
 PRIOR_METHOD = "prior"
+
+
+# --------------------------------------------------------------------------- the family methods
+@dataclass(frozen=True)
+class GeneralizedRecipe(_Recipe):
+    """``bayesdistill generalized``: generalized distillation (Lopez-Paz et al. 2016) on a
+    ``privileged-*`` data set, once per seed (``bd.distill.generalized_distillation``).
+
+    The defaults are the setup of docs/privileged.md (benchmarks/privileged.py): Bayesian softmax
+    regression for teacher and students, prior ``Normal(0, prior_scale^2)``, ``epochs`` (300) of
+    Adam at ``lr`` with a cosine schedule on batches of ``batch_size`` (200: the paper's whole
+    training set per step), a cold posterior (``kl_weight`` 0.2), soft labels at ``temperature`` T
+    with imitation weight ``imitation`` (lambda; the paper's 1 and 1), the teacher sampled from its
+    posterior at every step (``teacher_mode``).
+    """
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    temperature: float = 1.0
+    imitation: float = 1.0
+    prior_scale: float = 1.0
+    epochs: int = 300
+    batch_size: int = 200
+    lr: float = 0.05
+    lr_schedule: Optional[str] = "cosine"
+    kl_weight: float = 0.2
+    teacher_mode: str = "sample"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if not self.seeds or min(self.seeds) < 0:
+            raise ValueError(f"seeds must name at least one seed, each >= 0, got {self.seeds}")
+
+
+@dataclass(frozen=True)
+class RecordRecipe(_Recipe):
+    """``bayesdistill record``: a teacher's activation record (Lopes et al. 2017;
+    ``bd.distill.datafree.record``) on its own training data.
+
+    ``kind``: ``"top"``, ``"all"``, ``"spectral-all"`` or ``"spectral-pairs"`` (docs/datafree.md);
+    ``temperature``: T of the recorded output (the paper's 8); ``spectral_fraction``: the share of
+    each layer graph's eigenvectors the spectral kinds keep (0.3, as benchmarks/datafree.py).
+    """
+
+    kind: str = "all"
+    temperature: float = 8.0
+    spectral_fraction: float = 0.3
+    batch_size: int = 512
+
+
+@dataclass(frozen=True)
+class DataFreeRecipe(_Recipe):
+    """``bayesdistill datafree``: reconstruct inputs from a teacher's record, distil a Bayesian
+    student on them by KD (``bd.distill.datafree.data_free_student``).
+
+    Reconstruction: ``inputs`` inputs, ``steps`` Adam steps at ``reconstruct_lr`` in batches of
+    ``reconstruct_batch_size``, ``objective`` ``"match"`` (the paper's) or ``"deepinversion"``.
+    The student (prior Normal(0, 1)) is fitted by SVI with the KD term at the record's temperature
+    and weight ``kd_weight`` (1: soft labels alone) for ``epochs`` of Adam at ``lr``. The defaults
+    are benchmarks/datafree.py's (docs/datafree.md), with 300 reconstruction steps.
+    """
+
+    inputs: int = 2000
+    steps: int = 300
+    reconstruct_lr: float = 0.05
+    reconstruct_batch_size: int = 1000
+    objective: str = "match"
+    epochs: int = 100
+    lr: float = 1e-2
+    batch_size: int = 128
+    kl_weight: float = 0.5
+    lr_schedule: Optional[str] = "cosine"
+    kd_weight: float = 1.0
+    teacher_mode: str = "sample"
+
+
+@dataclass(frozen=True)
+class GrowRecipe(_Recipe):
+    """``bayesdistill grow``: a larger network grown from a small trained one (``bd.distill.grow``,
+    ``bd.student_from_small``), then fitted by SVI; with ``compare`` also the same network from
+    scratch with the same settings.
+
+    ``mode``: ``"net2net"``, ``"embed"``, ``"zero"`` or ``"uniform"`` (docs/growth.md);
+    ``prior_scale``: the old weights' prior scale (``"unit"``, ``"posterior"`` or a float);
+    ``new_prior_scale``: the new weights' (1, as from scratch); ``init``: where q(w) starts
+    (``"grown"``, ``"grown-posterior"``, ``"module"``). Training as docs/growth.md's experiment:
+    30 epochs of Adam 3e-3, cosine, ``kl_weight`` 0.5.
+    """
+
+    mode: str = "net2net"
+    prior_scale: Union[str, float] = "unit"
+    new_prior_scale: float = 1.0
+    init: str = "grown"
+    epochs: int = 30
+    lr: float = 3e-3
+    batch_size: int = 128
+    kl_weight: float = 0.5
+    lr_schedule: Optional[str] = "cosine"

@@ -77,4 +77,4 @@ def test_cli_module_holds_parsing_only() -> None:
     assert not [m for m in imported if m.startswith(banned)], imported
     for call in (r"\bfit\(", r"\bevaluate\(", r"savefig", r"write_text", r"\bopen\("):
         assert not re.search(call, source), call
-    assert len(source.splitlines()) < 500
+    assert len(source.splitlines()) < 700  # nine commands' parsers (was < 500 for four)
