@@ -1,4 +1,6 @@
-"""Griffe extension for the API reference: Sphinx roles in docstrings become cross-references.
+"""Griffe extension for the API reference: Sphinx idioms in the docstrings, rendered.
+
+``#:`` comments above an attribute become its docstring.
 
 The docstrings are Google style, but many name other objects the Sphinx way
 (``:func:`align```, ``:class:`~bayesdistill.ShapeMismatchError```, ``:mod:`.terms```). Each role
@@ -51,11 +53,28 @@ class SphinxRoles(griffe.Extension):
         if obj.path in seen:
             return
         seen.add(obj.path)
+        if obj.is_attribute and obj.docstring is None:
+            self._comment_docstring(obj)
         if obj.docstring is not None:
             obj.docstring.value = ROLE.sub(lambda m: self._link(obj, m.group(1)), obj.docstring.value)
         for member in obj.members.values():
             if not member.is_alias:
                 self._walk(member, seen)
+
+    @staticmethod
+    def _comment_docstring(attr: griffe.Object) -> None:
+        """Sphinx's ``#:`` comments above a module or class attribute become its docstring."""
+        try:
+            lines = attr.module.lines
+        except Exception:  # noqa: BLE001 - no source
+            return
+        index = (attr.lineno or 0) - 2
+        comment = []
+        while 0 <= index < len(lines) and lines[index].strip().startswith("#:"):
+            comment.insert(0, lines[index].strip()[2:].strip())
+            index -= 1
+        if comment:
+            attr.docstring = griffe.Docstring("\n".join(comment), lineno=index + 2, parent=attr)
 
     @staticmethod
     def _link(obj: griffe.Object, target: str) -> str:
