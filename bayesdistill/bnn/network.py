@@ -142,7 +142,11 @@ class BNN(nn.Module):
         dataset_size: N, the number of training examples; the batch log-likelihood is scaled by
             N / batch_size. ``None`` means "the batch is the whole data set".
         deterministic: module paths (``fnmatch`` patterns, e.g. ``"features.*"``) or a callable
-            ``(path, module) -> bool`` selecting modules kept as point estimates.
+            ``(path, module) -> bool`` selecting modules kept as point estimates. A pattern selects
+            every module whose path (as in ``net.named_modules()``) matches it, and everything
+            inside that module: ``"encoder"`` keeps ``encoder.0``, ``encoder.1.weight``, ...
+            deterministic. A pattern that matches no module path raises ``KeyError`` listing the
+            paths. A callable is asked for each module that owns parameters.
         bayesian_norm: make normalization-layer affine parameters Bayesian too.
         init: initial posterior means: ``"module"`` (the network's own initialization),
             ``"prior-mean"`` (the prior's means, e.g. a teacher's aligned means), a
@@ -159,6 +163,18 @@ class BNN(nn.Module):
 
     Shapes: ``model(x, y)`` takes the network's input batch ``x`` and targets ``y`` of the
     likelihood's shape (``[B]`` int64 for ``Categorical``, ``[B, D]`` float for ``Normal``).
+
+    Raises:
+        TypeError: ``net`` is not a module; a ``TeacherPosterior`` plan returns no
+            ``MeanFieldPosterior``.
+        ValueError: a bad ``dataset_size``, ``init_scale`` or ``init``; a prior scale <= 0.
+        KeyError: a ``deterministic`` pattern that matches no module; a ``Normal`` pattern prior
+            with no pattern for a parameter.
+        UnsupportedLayerError: a module with parameters that cannot be made Bayesian, or no
+            Bayesian parameter at all.
+        ShapeMismatchError: a prior loc/scale that does not broadcast to its parameter; a
+            ``TeacherPosterior`` without a student parameter or with another shape for it.
+        PosteriorMismatchError: ``init=q`` from another network.
     """
 
     def __init__(

@@ -57,7 +57,12 @@ class MeanFieldPosterior(Mapping[str, tuple[Tensor, Tensor]]):
         info: parameter name -> :class:`ParamInfo` (module path and type the weight belongs to).
         point_estimates: deterministic parameters and buffers of the network (BatchNorm running
             statistics, layers kept deterministic, a learned likelihood noise), name -> tensor.
-        metadata: free-form JSON-like data (architecture name, dataset, likelihood, ...).
+        metadata: free-form JSON-like data (architecture name, dataset, likelihood, ...); only
+            plain values (str, int, float, bool, ``None``, lists, tuples, dicts with str keys)
+            can be saved, which :meth:`save` checks before writing anything.
+
+    Raises:
+        PosteriorMismatchError: ``locs`` and ``scales`` differ in names, order or shapes.
     """
 
     locs: dict[str, Tensor]

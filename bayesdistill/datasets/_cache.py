@@ -13,6 +13,7 @@ from .._io import atomic_write
 
 __all__ = ["CACHE_ENV_VAR", "cached_arrays", "default_cache_dir", "resolve_cache_dir"]
 
+#: The environment variable naming the data cache folder (default: the user cache directory).
 CACHE_ENV_VAR = "BAYESDISTILL_CACHE"
 
 Arrays = dict[str, np.ndarray]

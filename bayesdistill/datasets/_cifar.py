@@ -30,6 +30,7 @@ from ._base import DatasetBundle
 
 __all__ = ["load_cifar", "DATA_ENV_VAR", "CIFAR_FILES"]
 
+#: The environment variable naming the folder of local data-set copies (CIFAR); then the cache folder.
 DATA_ENV_VAR = "BAYESDISTILL_DATA"
 
 #: name -> (folder, archive, training files, test file, label key, classes)

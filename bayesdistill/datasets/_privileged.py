@@ -196,7 +196,9 @@ def privileged_synthetic(
     Args:
         experiment: 1 clean labels, 2 clean features, 3 relevant features, 4 sample-dependent
             relevant features.
-        n_train, n_test: examples (paper: 200 and 10,000); dim: d (paper: 50, >= 3).
+        n_train: training examples (paper: 200).
+        n_test: test examples (paper: 10,000).
+        dim: d, the number of features (paper: 50, >= 3).
         seed: seeds ``alpha`` and the data (``numpy.random.default_rng``); one seed is one of the
             paper's repetitions.
         standardize: standardize ``x`` and ``x*`` with the training set's statistics.

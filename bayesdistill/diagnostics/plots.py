@@ -255,7 +255,8 @@ def term_metric(
         ax: draw on this axes instead of a new figure.
         labels: legend names in column order (``"<column>: <label>"``), or a mapping from the
             column's middle part (``"vid/pair0"``) to a name.
-        ylabel, title: axis label (the metric's units) and title.
+        ylabel: the axis label (the metric's units).
+        title: the title.
 
     Raises:
         ValueError: the history has no such column.

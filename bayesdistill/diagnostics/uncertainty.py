@@ -570,7 +570,8 @@ def selective_prediction(model: Any, data: Any, *, num_samples: int = 32, seed: 
     Args:
         model: a classifier :class:`~bayesdistill.BNN` or an ``nn.Module`` returning logits.
         data: labelled data: an ``(x, y)`` tuple, a Dataset or a DataLoader of ``(x, y)``.
-        num_samples, seed: posterior draws of the predictive (BNN only).
+        num_samples: posterior draws of the predictive (BNN only).
+        seed: seeds the posterior draws (BNN only).
         score: ``"max_probability"`` (default), ``"entropy"`` or ``"mutual_information"``.
         coverages: the coverages of :attr:`SelectiveResult.accuracy_at`.
         name: the model's name in the result.

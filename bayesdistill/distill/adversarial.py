@@ -197,8 +197,10 @@ class AdversarialPrior(Term):
         hidden: the critics' hidden layers.
         penalty: ``"log_sigmoid"`` (default) or ``"logit"`` (:data:`PENALTIES`).
         schedule: ``"adaptive"`` (the reference's rule) or ``"fixed"`` (lambda stays).
-        low, high, factor, bounds: the adaptive rule: times ``factor`` when ``p_fake < low``, divided
-            when ``p_fake > high``, clipped to ``bounds``.
+        low: the adaptive rule multiplies lambda by ``factor`` when ``p_fake < low``.
+        high: the adaptive rule divides lambda by ``factor`` when ``p_fake > high``.
+        factor: the adaptive rule's step.
+        bounds: the interval lambda is clipped to.
         real_label: the critics' label for teacher slices (0.9: one-sided label smoothing).
         name: the term's name (history columns ``distill/<name>/...``).
 

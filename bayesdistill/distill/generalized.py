@@ -127,14 +127,18 @@ def generalized_distillation(
         imitation: lambda in (0, 1] (paper: 1): the distilled student's likelihood weight is
             ``1 - lambda``.
         prior_scale: the standard deviation of the ``Normal(0, s^2)`` prior on every weight.
-        epochs, batch_size, lr, lr_schedule: SVI settings of every fit (Adam; ``"cosine"``
-            decays the rate to 0 over the epochs, so the posterior means settle; ``None``: constant).
+        epochs: SVI epochs of every fit.
+        batch_size: examples per SVI step of every fit.
+        lr: Adam's learning rate of every fit.
+        lr_schedule: ``"cosine"`` decays the rate to 0 over the epochs, so the posterior means
+            settle; ``None``: constant.
         teacher_mode: ``"sample"`` (one teacher posterior draw per step) or ``"mean"``.
         num_samples: posterior draws of the test-time predictive.
         seed: seeds every fit (``bd.fit(seed=...)``) and the networks' initialization.
-        teacher_net, student_net: factories ``(inputs, classes) -> nn.Module`` taking the number
-            of input features (default: softmax regression ``nn.Linear(inputs, classes)``, which
-            needs inputs of one feature dimension ``[N, d]``).
+        teacher_net: a factory ``(inputs, classes) -> nn.Module`` taking the number of input
+            features (default: softmax regression ``nn.Linear(inputs, classes)``, which needs
+            inputs of one feature dimension ``[N, d]``).
+        student_net: the same for the student.
         device: where to fit (default CPU).
         progress: progress bars.
         roles: which of ``("teacher", "student", "distilled")`` to fit (``"distilled"`` needs

@@ -496,8 +496,9 @@ def distill(
         recipe: training, alignment, prior and start settings.
         methods: ``"prior"`` and/or registered term names (``bd.distill.available_terms()``).
         dataset: default: the teacher's. ``dataset_kwargs``: a data-set factory's options.
-        student_kwargs, channels, hidden: the student's architecture options (``channels`` for the
-            1-D CNNs, ``hidden`` for ``mlp``).
+        student_kwargs: the student's architecture options (the model factory's keywords).
+        channels: the channels of the 1-D CNN students.
+        hidden: the hidden widths of an ``mlp`` student.
         train_fraction: the students' class-balanced fraction of the training set.
         transfer: N generated unlabelled MNIST-1D inputs for the function-space terms.
         pairs: ``{teacher_module: student_module}`` feature pairs of the pair terms (default: the

@@ -310,7 +310,8 @@ def save_model(bnn: BNN, path: Union[str, os.PathLike], *, model: str, input_sha
         model: how the network is built: a built-in name (``bd.models.available()``) or an import
             path ``package.module:factory`` (called as ``factory(input_shape, output_dim,
             **model_kwargs)``; nothing is imported here).
-        input_shape, output_dim: the network's input shape (no batch dimension) and outputs.
+        input_shape: the network's input shape (no batch dimension).
+        output_dim: the network's number of outputs (classes, or regression outputs).
         model_kwargs: the factory's keyword arguments (plain values).
         dataset: the data set's name (or import path), recorded.
         training: the run's settings (plain values), recorded.

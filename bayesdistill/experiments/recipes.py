@@ -187,6 +187,7 @@ class QuickSettings(_Recipe):
     ood_samples: int = 4
 
 
+#: The quick settings of ``bayesdistill demo --quick`` (``QuickSettings()``).
 QUICK = QuickSettings()
 
 
@@ -231,7 +232,9 @@ class DemoRecipe(_Recipe):
         )
 
 
+#: The demo's recipe at its defaults (``DemoRecipe()``).
 DEMO = DemoRecipe()
+#: The smoke run of ``bayesdistill demo --quick``: ``DEMO.quick()`` (:data:`QUICK` applied).
 QUICK_DEMO = DEMO.quick()
 
 

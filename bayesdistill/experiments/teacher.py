@@ -182,14 +182,16 @@ def fit_teacher(
         out: the run folder. A folder that already holds a run is refused unless ``resume`` or
             ``run.overwrite`` (before any work); a file is refused.
         recipe: the hyperparameters (``recipe.channels`` applies to ``cnn``).
-        dataset, model: built-in names or import paths ``package.module:factory`` (with
+        dataset: a built-in data-set name or an import path ``package.module:factory`` (with
             ``run.allow_imports``); see :mod:`bayesdistill.experiments.factories`.
+        model: a built-in model name or an import path ``package.module:factory`` (likewise).
         model_kwargs: the model factory's options (``hidden`` applies to ``mlp``).
         dataset_kwargs: the options of a data-set factory named by import path.
         train_fraction: train on this class-balanced fraction of the training set.
         local_reparam: ``False``, ``"all"`` or ``"linear"`` (see ``bd.fit``).
-        checkpoint, resume, extend: write a checkpoint after every epoch; continue from it;
-            allow a resumed run more epochs than it was planned for.
+        checkpoint: write a checkpoint after every epoch.
+        resume: continue from the checkpoint in ``out``.
+        extend: allow a resumed run more epochs than it was planned for.
         uncertainty: the OOD kinds, scores and draws of the teacher's OOD detection and
             selective prediction (computed unless ``run.ood`` is false).
         run: seed, device, draws, monitor, threads, imports, overwrite, quiet, ood.

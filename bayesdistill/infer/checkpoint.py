@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Checkpoint", "CHECKPOINT_NAME", "load_checkpoint"]
 
+#: The file name of the checkpoint ``fit(checkpoint_dir=...)`` writes in its folder.
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "bayesdistill.checkpoint"
 CHECKPOINT_VERSION = 2

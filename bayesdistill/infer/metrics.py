@@ -274,11 +274,11 @@ def classification_metrics(logits: Tensor, targets: Tensor, n_bins: int = 15) ->
         * ``"nll"`` -- ``mean_n -log p(y_n | x_n)`` (nats);
         * ``"ece"`` -- top-label L1 ECE of ``p`` (probability units);
         * ``"brier"`` -- ``mean_n sum_c (p(c | x_n) - 1[c == y_n])^2`` (multiclass Brier score summed
-          over classes, in ``[0, 2]``);
+              over classes, in ``[0, 2]``);
         * ``"predictive_entropy"`` -- ``mean_n H[p(. | x_n)]`` (total uncertainty, nats);
         * ``"expected_entropy"`` -- ``mean_n mean_s H[softmax(logits[s, n])]`` (aleatoric, nats);
         * ``"mutual_information"`` -- ``predictive_entropy - expected_entropy`` (epistemic / BALD, nats;
-          >= 0 up to round-off, exactly 0 when ``S == 1``);
+              >= 0 up to round-off, exactly 0 when ``S == 1``);
         * ``"num_samples"`` -- ``S`` (an ``int``).
 
     Raises:
@@ -359,14 +359,14 @@ def regression_metrics(mean_samples: Tensor, targets: Tensor, noise_scale: Tenso
         dict of Python scalars:
 
         * ``"rmse"`` -- ``sqrt(mean_{n,d} (ybar_nd - y_nd)^2)`` with ``ybar = mean_s mean_samples``
-          (target units);
+              (target units);
         * ``"mse"`` -- the square of ``rmse`` (target units squared);
         * ``"nll"`` -- ``mean_n -log p(y_n)`` of the mixture, via
-          ``logsumexp_s sum_d log Normal(...) - log S`` (nats per data point, summed over ``D``);
+              ``logsumexp_s sum_d log Normal(...) - log S`` (nats per data point, summed over ``D``);
         * ``"gaussian_nll"`` -- same, but for the moment-matched Gaussian with per-dimension variance
-          ``var_nd = mean_s noise_snd^2 + var_s(mean_snd)`` (population variance, i.e. divided by
-          ``S``; equals ``noise^2 + var_s(mean)`` for sample-independent noise).  Nats, summed over
-          ``D``, averaged over ``N``;
+              ``var_nd = mean_s noise_snd^2 + var_s(mean_snd)`` (population variance, i.e. divided by
+              ``S``; equals ``noise^2 + var_s(mean)`` for sample-independent noise).  Nats, summed over
+              ``D``, averaged over ``N``;
         * ``"predictive_std"`` -- ``mean_{n,d} sqrt(var_nd)`` (target units);
         * ``"num_samples"`` -- ``S`` (an ``int``).
 

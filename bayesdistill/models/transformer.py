@@ -86,8 +86,13 @@ class TransformerClassifier(nn.Module):
         max_len: the longest sequence (rows of the position embedding).
         vocab_size: token ids in ``[0, vocab_size)`` as input ``[B, L]`` (int64); or
         input_dim: feature vectors ``[B, L, input_dim]`` as input (exactly one of the two).
-        d_model, num_heads, head_dim, ffn_dim, num_layers, dropout, activation: the layers'
-            sizes (``head_dim`` defaults to ``d_model / num_heads``).
+        d_model: the width of the residual stream.
+        num_heads: attention heads per layer.
+        head_dim: the width of one head (default ``d_model / num_heads``).
+        ffn_dim: the hidden width of each layer's feed-forward block.
+        num_layers: the number of encoder layers.
+        dropout: the dropout probability inside the layers.
+        activation: the feed-forward activation (``"gelu"`` or ``"relu"``).
     """
 
     def __init__(self, num_classes: int, max_len: int, *, vocab_size: Optional[int] = None,

@@ -41,9 +41,10 @@ def check_alignable(teacher: Any, student: Any, example: Any = None) -> None:
     """Raise :class:`~bayesdistill.ShapeMismatchError` if ``student`` cannot be aligned from ``teacher``.
 
     Args:
-        teacher, student: networks (``nn.Module``) or :class:`~bayesdistill.BNN` s; chains of
+        teacher: a network (``nn.Module``) or a :class:`~bayesdistill.BNN`; a chain of
             Linear/Conv layers (see :func:`~bayesdistill.distill.parse_chain`), or with
-            ``example`` any networks alignment traces as graphs (residual networks, Transformers).
+            ``example`` any network alignment traces as a graph (residual networks, Transformers).
+        student: the same for the student.
         example: one input batch; networks that are not chains are checked on their
             computation graph (:mod:`.graph_match`: fewer blocks per stage, fewer units per
             channel group), which needs it.
