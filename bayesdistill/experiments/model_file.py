@@ -317,6 +317,14 @@ def save_model(bnn: BNN, path: Union[str, os.PathLike], *, model: str, input_sha
         training: the run's settings (plain values), recorded.
         metadata: anything else (plain values).
         posterior_metadata: the saved posterior's own metadata (default: empty).
+
+    Returns:
+        The path written (the file appears whole or not at all).
+
+    Raises:
+        TypeError: ``bnn`` is not a :class:`~bayesdistill.BNN`, ``model`` is not a non-empty
+            string, or a value that is not plain data (numbers, strings, lists, dicts, tensors).
+        FactoryError: a malformed import path (a ``ValueError``).
     """
     if not isinstance(bnn, BNN):
         raise TypeError(f"save_model saves a bd.BNN, got {type(bnn).__name__}")

@@ -38,10 +38,28 @@ def predict(
 ) -> tuple[Tensor, Optional[Tensor]]:
     """Network outputs under ``num_samples`` posterior draws for a whole data set.
 
-    Returns ``(outputs, targets)``: outputs ``[S, N, *out]`` on the BNN's device, targets ``[N,
-    ...]`` (``None`` when the data hold inputs only). The same S weight draws are used for every
-    batch, so each column s is the prediction of one network w_s. ``vectorize`` as in
-    :meth:`BNN.outputs <bayesdistill.BNN.outputs>`.
+    The same S weight draws are used for every batch, so each column s is the prediction of one
+    network w_s. Runs in eval mode without gradients and restores the BNN's mode afterwards.
+
+    Args:
+        bnn: the Bayesian network.
+        data: a ``Dataset``, ``DataLoader``, an input tensor ``[N, *in]`` or an ``(x, y)`` tuple.
+        num_samples: S, the posterior draws.
+        batch_size: examples per forward pass (ignored for a ``DataLoader``).
+        seed: reproducible draws from a private generator (the global RNG is untouched);
+            ``None``: fresh draws.
+        vectorize: per batch, as in :meth:`BNN.outputs <bayesdistill.BNN.outputs>`: ``"auto"``
+            (one ``vmap`` pass on a GPU and for CPU batches of at most 32 examples, S plain
+            passes for larger CPU batches), ``True`` or ``False``.
+
+    Returns:
+        ``(outputs, targets)``: outputs ``[S, N, *out]`` on the BNN's device (logits for
+        classification), targets ``[N, ...]`` or ``None`` when the data hold inputs only.
+
+    Raises:
+        TypeError: ``bnn`` is not a :class:`~bayesdistill.BNN`, or unsupported ``data``.
+        ValueError: a bad ``num_samples``, ``batch_size``, ``seed`` or ``vectorize``.
+        DataError: inputs the network cannot run on (checked on the first batch, before the work).
     """
     if not isinstance(bnn, BNN):
         raise TypeError(f"predict expects a bd.BNN, got {type(bnn).__name__}")
@@ -92,11 +110,29 @@ def evaluate(
 ) -> dict[str, float]:
     """Posterior predictive metrics of ``bnn`` on labelled ``data``.
 
-    Classification (:class:`~bayesdistill.likelihoods.Categorical`): ``accuracy``, ``nll``
-    (nats per example), ``ece`` (15 bins, torchmetrics' L1 definition), ``brier``,
-    ``predictive_entropy``, ``expected_entropy``, ``mutual_information`` (nats).
-    Regression (:class:`~bayesdistill.likelihoods.Normal`): ``rmse``, ``mse``, ``nll`` (mixture,
-    nats per example), ``gaussian_nll``, ``predictive_std``. Both include ``num_samples``.
+    Computed by :func:`predict` from ``num_samples`` weight draws (the mixture of the S
+    networks' predictive distributions).
+
+    Args:
+        bnn: the Bayesian network.
+        data: labelled data: a ``Dataset``, ``DataLoader`` or ``(x, y)`` tuple.
+        num_samples: posterior draws.
+        batch_size: examples per forward pass.
+        seed: seeds the draws without touching the global RNG (``None``: fresh draws).
+        n_bins: confidence bins of the ECE.
+
+    Returns:
+        Classification (:class:`~bayesdistill.likelihoods.Categorical`): ``accuracy``, ``nll``
+        (nats per example), ``ece`` (``n_bins`` bins, torchmetrics' L1 definition), ``brier``,
+        ``predictive_entropy``, ``expected_entropy``, ``mutual_information`` (nats; see
+        :func:`~bayesdistill.diagnostics.classification_metrics`). Regression
+        (:class:`~bayesdistill.likelihoods.Normal`): ``rmse``, ``mse``, ``nll`` (mixture, nats per
+        example), ``gaussian_nll``, ``predictive_std`` (see
+        :func:`~bayesdistill.diagnostics.regression_metrics`). Both include ``num_samples``.
+
+    Raises:
+        ValueError: unlabelled data, or targets the metrics reject.
+        TypeError: another likelihood, or unsupported ``data``.
     """
     n_bins = check_int("n_bins", n_bins, minimum=1)
     outputs, targets = predict(bnn, data, num_samples=num_samples, batch_size=batch_size, seed=seed)
