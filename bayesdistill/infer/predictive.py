@@ -29,7 +29,7 @@ __all__ = ["evaluate", "predict"]
 @torch.no_grad()
 def predict(
     bnn: BNN,
-    data,
+    data: Union[Dataset, DataLoader, Tensor, tuple[Tensor, ...]],
     *,
     num_samples: int = 32,
     batch_size: int = 1024,
