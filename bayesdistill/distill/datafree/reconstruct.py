@@ -99,6 +99,17 @@ def _tv(x: Tensor) -> Tensor:
     return ((flat[..., 1:] - flat[..., :-1]) ** 2).sum((-1, -2)) if flat.dim() == 3 else flat.new_zeros(len(x))
 
 
+def _target_classes(classes: Optional[Tensor], n: int, num_classes: int) -> Tensor:
+    """The ``[n]`` int64 target classes on the CPU: ``arange(n) % C`` by default, else checked."""
+    if classes is None:
+        return torch.arange(n) % num_classes
+    if not (torch.is_tensor(classes) and classes.dtype == torch.long and tuple(classes.shape) == (n,)):
+        raise ValueError(f"classes must be an int64 tensor of shape ({n},)")
+    if bool(((classes < 0) | (classes >= num_classes)).any()):
+        raise ValueError(f"classes must lie in [0, {num_classes - 1}] (the record's classes)")
+    return classes.cpu()
+
+
 def reconstruct(
     teacher: Union[BNN, nn.Module],
     record: ActivationRecord,
@@ -143,15 +154,7 @@ def reconstruct(
     tv_weight = check_number("tv_weight", tv_weight, minimum=0.0)
     l2_weight = check_number("l2_weight", l2_weight, minimum=0.0)
     seed = check_int("seed", seed, minimum=0)
-    C = record.num_classes
-    if classes is None:
-        classes = torch.arange(n) % C
-    else:
-        if not (torch.is_tensor(classes) and classes.dtype == torch.long and tuple(classes.shape) == (n,)):
-            raise ValueError(f"classes must be an int64 tensor of shape ({n},)")
-        if bool(((classes < 0) | (classes >= C)).any()):
-            raise ValueError(f"classes must lie in [0, {C - 1}] (the record's classes)")
-        classes = classes.cpu()
+    classes = _target_classes(classes, n, record.num_classes)
     if objective == "deepinversion" and record.kind not in ("all", "top"):
         raise ValueError(f"objective='deepinversion' matches layer statistics: it needs an 'all' (or 'top') record, "
                          f"got {record.kind!r}")
