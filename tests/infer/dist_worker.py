@@ -4,7 +4,10 @@
 
 MODE ``grads``: one backward pass on this rank's half of a fixed batch with fixed weight noise;
 rank 0 saves the (averaged) gradients. MODE ``fit``: ``bd.fit`` on toy data; rank 0 saves the
-history and the final posterior. Nothing here is a test by itself.
+history and the final posterior. MODE ``adversarial``: ``bd.fit`` with an adversarial weight prior
+(critics trained after each epoch); every rank saves its critics, lambdas and student (``--config
+nosync`` turns the critics' synchronization off, to show that the check can fail). Nothing here is
+a test by itself.
 """
 
 from __future__ import annotations
@@ -69,9 +72,32 @@ def fit(out: Path, epochs: int, ckpt: str, resume: bool, stop_at: int) -> None:
         torch.save({"history": result.history, "loc": bnn.loc.detach(), "rho": bnn.rho.detach()}, out)
 
 
+def adversarial(out: Path, config: str, rank: int) -> None:
+    from torch import nn
+
+    from bayesdistill.distill.adversarial import AdversarialPrior, CriticTraining
+
+    if config == "nosync":
+        CriticTraining._sync = lambda self, engine: None
+    def cnn(channels: int) -> nn.Module:
+        return nn.Sequential(bd.models.Unsqueeze(), nn.Conv1d(1, channels, 3, padding=1), nn.ReLU(),
+                             nn.Conv1d(channels, channels, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(channels * 8, 2))
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    y = (x[:, 0] > 0).long()
+    teacher = bd.BNN(cnn(4), dataset_size=64)
+    student = bd.BNN(cnn(3), dataset_size=64)
+    term = AdversarialPrior(teacher, {"1": "1", "3": "3"}, critic_steps=3, critic_batch=16)
+    bd.fit(student, (x, y), epochs=2, batch_size=16, lr=0.01, seed=0, progress=False, distill=[term])
+    torch.save({"critics": {k: v.detach().clone() for k, v in term.critics.state_dict().items()},
+                "lambdas": list(term.lambdas), "loc": student.loc.detach().clone()}, out.with_suffix(f".{rank}.pt"))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["grads", "fit"])
+    p.add_argument("mode", choices=["grads", "fit", "adversarial"])
     p.add_argument("out", type=Path)
     p.add_argument("--config", default="plain")
     p.add_argument("--epochs", type=int, default=4)
@@ -84,6 +110,11 @@ def main() -> None:
 
         group = distributed.current()
         grads(a.out, a.config, group.rank if group else 0, group.world_size if group else 1)
+    elif a.mode == "adversarial":
+        from bayesdistill.infer import distributed
+
+        group = distributed.current()
+        adversarial(a.out, a.config, group.rank if group else 0)
     else:
         fit(a.out, a.epochs, a.ckpt, a.resume, a.stop_at)
 

@@ -105,6 +105,20 @@ def test_two_process_fit_matches_one_process_and_resumes_on_any_number_of_proces
     assert cont[-1]["eval_accuracy"] >= 0.9
 
 
+def test_adversarial_prior_critics_and_lambdas_stay_the_same_on_every_rank(tmp_path):
+    """Each rank trains its critics on its own draws; after every epoch all ranks take rank 0's,
+    so every rank's student sees the same prior (and the students stay identical). Without the
+    synchronization the critics differ, so this check can fail."""
+    torchrun("adversarial", str(tmp_path / "sync"))
+    r0, r1 = (torch.load(tmp_path / f"sync.{r}.pt") for r in (0, 1))
+    assert r0["lambdas"] == r1["lambdas"]
+    assert all(torch.equal(r0["critics"][k], r1["critics"][k]) for k in r0["critics"])
+    assert torch.equal(r0["loc"], r1["loc"])
+    torchrun("adversarial", str(tmp_path / "nosync"), "--config", "nosync")
+    n0, n1 = (torch.load(tmp_path / f"nosync.{r}.pt") for r in (0, 1))
+    assert not all(torch.equal(n0["critics"][k], n1["critics"][k]) for k in n0["critics"])
+
+
 def test_a_dataloader_without_a_distributed_sampler_is_refused_in_a_process_group(monkeypatch):
     from bayesdistill.infer import Batches
     from torch.utils.data import DataLoader, TensorDataset
