@@ -183,23 +183,30 @@ def grow(
         with stages("writing the model, plan, metrics and report"):
             result.wall_time_s = time.perf_counter() - t_start
             if main:
-                out.mkdir(parents=True, exist_ok=True)
-                if run.overwrite:
-                    clear_artefacts(out, GROW_ARTEFACTS)
-                save_model(grown, out / MODEL_FILE_NAME, model=model, model_kwargs=kwargs,
-                           input_shape=data.input_shape, output_dim=data.output_dim, dataset=shown, training=config)
-                plan.save(out / "plan.pt")
-                plan.to_json(out / "plan.json")
-                write_history(hist["grown"], out / "history.csv")
-                if "scratch" in hist:
-                    write_history(hist["scratch"], out / "scratch_history.csv")
-                if hist["grown"].history:
-                    _curves(hist, out / "elbo.png")
-                metrics = result.to_dict()
-                write_json(metrics, out / "metrics.json")
-                (out / "report.md").write_text(grow_report(metrics))
+                _write(out, result, hist, overwrite=run.overwrite, model=model, model_kwargs=kwargs, data=data,
+                       dataset=shown, config=config)
     barrier()
     return result
+
+
+def _write(out: Path, result: GrowResult, hist: Mapping[str, FitResult], *, overwrite: bool, model: str,
+           model_kwargs: Mapping[str, Any], data: Any, dataset: str, config: Mapping[str, Any]) -> None:
+    """The run's artefacts (rank 0): model.pt, the plan, histories, curves, metrics.json and report.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        clear_artefacts(out, GROW_ARTEFACTS)
+    save_model(result.grown_bnn, out / MODEL_FILE_NAME, model=model, model_kwargs=model_kwargs,
+               input_shape=data.input_shape, output_dim=data.output_dim, dataset=dataset, training=dict(config))
+    result.growth_plan.save(out / "plan.pt")
+    result.growth_plan.to_json(out / "plan.json")
+    write_history(hist["grown"], out / "history.csv")
+    if "scratch" in hist:
+        write_history(hist["scratch"], out / "scratch_history.csv")
+    if hist["grown"].history:
+        _curves(hist, out / "elbo.png")
+    metrics = result.to_dict()
+    write_json(metrics, out / "metrics.json")
+    (out / "report.md").write_text(grow_report(metrics))
 
 
 def _curves(hist: Mapping[str, FitResult], path: Path) -> None:
