@@ -37,7 +37,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import experiments as ex
-from .distill import CRITERIA
+from .distill import CRITERIA, GROWTH_MODES
+from .distill.datafree.reconstruct import OBJECTIVES
+from .distill.datafree.record import RECORD_KINDS
+from .distill.generalized import TEACHER_MODES
+from .distill.grow.student import GROWN_INITS
 from .distill.student import STUDENT_INITS
 from .distill.terms.registry import TERMS, add_term_options, available_terms, term_defaults, term_options
 from .errors import BayesDistillError
@@ -366,7 +370,7 @@ def _add_generalized(sub: Any) -> None:
     p.add_argument("--imitation", type=_fraction, default=d.imitation,
                    help="lambda: weight of the teacher's soft labels (the likelihood gets 1 - lambda)")
     p.add_argument("--prior-scale", type=_positive_float, default=d.prior_scale, help="Normal(0, s^2) prior")
-    p.add_argument("--teacher-mode", choices=["sample", "mean"], default=d.teacher_mode,
+    p.add_argument("--teacher-mode", choices=TEACHER_MODES, default=d.teacher_mode,
                    help="a teacher posterior draw per step, or its posterior mean")
     _add_train_options(p, d)
     _add_run_options(p, seed=False)
@@ -381,7 +385,7 @@ def _add_record(sub: Any) -> None:
                        "training data (read from its model file) and write them, atomically, to --out: what the "
                        "teacher ships instead of its data (Lopes et al. 2017; 'bayesdistill datafree' reads it).")
     p.add_argument("--teacher", type=Path, required=True, help="the teacher's model.pt or run folder" + _NO_DEFAULT)
-    p.add_argument("--kind", choices=["top", "all", "spectral-all", "spectral-pairs"], default=d.kind,
+    p.add_argument("--kind", choices=RECORD_KINDS, default=d.kind,
                    help="what is recorded: the output, every layer, or spectral coefficients (docs/datafree.md)")
     p.add_argument("--temperature", type=_positive_float, default=d.temperature, help="T of the recorded f(x)/T")
     p.add_argument("--spectral-fraction", type=_fraction, default=d.spectral_fraction,
@@ -408,7 +412,7 @@ def _add_datafree(sub: Any) -> None:
     p.add_argument("--channels", type=_positive_int, default=None, help="cnn students: channels" + _NO_DEFAULT)
     p.add_argument("--inputs", type=_positive_int, default=d.inputs, help="inputs to reconstruct")
     p.add_argument("--steps", type=_nonnegative_int, default=d.steps, help="Adam steps of the reconstruction")
-    p.add_argument("--objective", choices=["match", "deepinversion"], default=d.objective,
+    p.add_argument("--objective", choices=OBJECTIVES, default=d.objective,
                    help="the reconstruction objective")
     p.add_argument("--kd-weight", type=_fraction, default=d.kd_weight, help="weight of the KD term (1: soft labels only)")
     _add_train_options(p, d)
@@ -433,13 +437,13 @@ def _add_grow(sub: Any) -> None:
     p.add_argument("--dataset", default=None, help="data set (default: the small model's)" + _NO_DEFAULT)
     p.add_argument("--dataset-kwargs", type=_json_object, default=None, metavar="JSON",
                    help="keyword arguments of a data-set factory named by import path" + _NO_DEFAULT)
-    p.add_argument("--mode", choices=["net2net", "embed", "zero", "uniform"], default=d.mode,
+    p.add_argument("--mode", choices=list(GROWTH_MODES), default=d.mode,
                    help="how new units, inputs and layers start (docs/growth.md)")
     p.add_argument("--prior-scale", type=_teacher_prior_scale, default=d.prior_scale,
                    help="prior scale of the old weights: unit, posterior or a number")
     p.add_argument("--new-prior-scale", type=_positive_float, default=d.new_prior_scale,
                    help="prior scale of the new weights")
-    p.add_argument("--init", choices=["grown", "grown-posterior", "module"], default=d.init,
+    p.add_argument("--init", choices=GROWN_INITS, default=d.init,
                    help="where the grown network's posterior starts")
     p.add_argument("--train-fraction", type=_fraction, default=1.0, help="class-balanced fraction of the training set")
     p.add_argument("--compare", action="store_true", help="also train the same network from scratch")

@@ -14,9 +14,9 @@ import re
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-__all__ = ["mean_std", "fmt", "md_table", "fill_blocks", "blocks_of"]
+__all__ = ["mean_std", "fmt", "fill_blocks", "blocks_of", "per_seed"]
 
 _BLOCK = re.compile(r"(<!-- BEGIN (?P<name>[\w:.-]+) -->\n)(?P<body>.*?)(<!-- END (?P=name) -->)", re.S)
 
@@ -34,12 +34,6 @@ def fmt(values: Sequence[float], digits: int = 3, scale: float = 1.0) -> str:
     if math.isnan(m):
         return "-"
     return f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def blocks_of(text: str) -> dict[str, str]:

@@ -45,8 +45,8 @@ from typing import Any
 import torch
 
 import bayesdistill as bd
-from _common import RESULTS_DIR, machine_info, save_figure
-from _report import fill_blocks, fmt, md_table, per_seed
+from _common import RESULTS_DIR, machine_info, save_figure, table, write_json
+from _report import fill_blocks, fmt, per_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 FIG_DIR = ROOT / "docs" / "figures"
@@ -171,7 +171,7 @@ def tables(payload: dict) -> dict[str, str]:
     results = (f"Teachers (cnn-deep, 4000 examples): acc {fmt([x['accuracy'] for x in t], 1, 100)} %, NLL "
                f"{fmt([x['nll'] for x in t], 3)}; students on {cfg['fraction']:.0%} of the data, {len(seeds)} seeds "
                f"(mean ± sample std).\n\n"
-               + md_table(["student", "weights", "acc %", "NLL", "ECE", "acc per seed"], rows))
+               + table(rows, ["student", "weights", "acc %", "NLL", "ECE", "acc per seed"]))
     drows = []
     for a in arms:
         rs = [s["arms"][a] for s in seeds if "final" in s["arms"][a]]
@@ -183,8 +183,7 @@ def tables(payload: dict) -> dict[str, str]:
             drows.append([a, f"{p}: {rs[0]['pairs'] and list(rs[0]['pairs'].items())[int(p[4:])]}",
                           " ".join(f"{v:.3g}" for v in lam),
                           fmt([r["final"][f"{p}/p_fake"] for r in rs], 2), fmt([r["final"][f"{p}/p_real"] for r in rs], 2)])
-    dynamics = md_table(["student", "pair (teacher -> student)", "final lambda per seed", "final p_fake", "final p_real"],
-                        drows)
+    dynamics = table(drows, ["student", "pair (teacher -> student)", "final lambda per seed", "final p_fake", "final p_real"])
     comparisons = [(a, b) for a, b in (("aligned", "normal"), ("aligned prior, init=module", "normal"),
                                          ("adversarial", "normal"), ("wide adversarial", "wide normal"),
                                          ("wide normal", "normal"), ("wide adversarial", "aligned"))
@@ -196,7 +195,7 @@ def tables(payload: dict) -> dict[str, str]:
             d = [(s["arms"][a][key] - s["arms"][b][key]) * scale for s in seeds]
             row.append(f"{fmt(d, digits)} ({sum(1 for v in d if v * better > 0)}/{len(d)})")
         prows.append(row)
-    paired = md_table(["arm - reference", "acc points (better/seeds)", "NLL", "ECE"], prows)
+    paired = table(prows, ["arm - reference", "acc points (better/seeds)", "NLL", "ECE"])
     acc = {a: fmt([s["arms"][a]["accuracy"] for s in seeds], 1, 100) for a in arms}
     nll = {a: fmt([s["arms"][a]["nll"] for s in seeds], 3) for a in arms}
     headline = "Test accuracy % (NLL), mean ± std over " + f"{len(seeds)} seeds: " + "; ".join(
@@ -293,9 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                    | {"teacher": TEACHER, "student": STUDENT},
                    "machine": machine_info(torch.device("cpu")), "seeds": [run_seed(s, cfg) for s in cfg.seeds]}
         payload["seconds"] = time.perf_counter() - t0
-        out = Path(cfg.json) if cfg.json else RESULTS_DIR / ("adversarial_prior_quick.json" if cfg.quick else "adversarial_prior.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=1))
+        out = write_json(cfg.json, "adversarial_prior_quick.json" if cfg.quick else "adversarial_prior.json", payload)
         log(f"wrote {out}")
     blocks = tables(payload)
     for name, text in blocks.items():

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,8 +47,8 @@ import torch
 from torch import nn
 
 import bayesdistill as bd
-from _common import RESULTS_DIR, machine_info, save_figure
-from _report import fill_blocks, fmt, md_table, mean_std, per_seed
+from _common import RESULTS_DIR, machine_info, save_figure, table, write_json
+from _report import fill_blocks, fmt, per_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 FIG_DIR = ROOT / "docs" / "figures"
@@ -168,13 +167,13 @@ def tables(payload: dict) -> dict[str, str]:
                   "acc % under noise (mean over sigma)", "max old-output diff at start", "acc per seed"]
         blocks[f"growth:{variant}:final"] = (
             f"Small network on its own task: acc {fmt([s['accuracy'] for s in small], 1, 100)} %, "
-            f"NLL {fmt([s['nll'] for s in small], 3)} ({len(seeds)} seeds).\n\n" + md_table(header, rows))
+            f"NLL {fmt([s['nll'] for s in small], 3)} ({len(seeds)} seeds).\n\n" + table(rows, header))
         erows = []
         for m in modes:
             runs = _runs(payload, variant, m)
             erows.append([m] + [fmt([r["curve"]["accuracy"][e] for r in runs if len(r["curve"]["accuracy"]) > e], 1, 100)
                                 for e in (0, *EARLY)])
-        blocks[f"growth:{variant}:early"] = md_table(["mode"] + [f"epoch {e}" for e in (0, *EARLY)], erows)
+        blocks[f"growth:{variant}:early"] = table(erows, ["mode"] + [f"epoch {e}" for e in (0, *EARLY)])
         blocks[f"growth:{variant}:paired"] = paired(payload, variant, modes)
         nrows = []
         base = {s["seed"]: s["runs"].get("scratch") for s in seeds}
@@ -189,7 +188,7 @@ def tables(payload: dict) -> dict[str, str]:
                     cell += f" ({wins}/{len(seeds)})"
                 row.append(cell)
             nrows.append(row)
-        blocks[f"growth:{variant}:noise"] = md_table(["mode"] + [f"sigma {s:g}" for s in sig], nrows)
+        blocks[f"growth:{variant}:noise"] = table(nrows, ["mode"] + [f"sigma {s:g}" for s in sig])
     m = payload["machine"]
     blocks["growth:setup"] = (
         f"Run: `{payload['command']}`; {payload['seconds']:.0f} s wall time on {m['nproc']} shared cores "
@@ -222,7 +221,7 @@ def paired(payload: dict, variant: str, modes: list[str]) -> str:
         rows.append(row)
     header = ["mode - scratch", "acc points (better/seeds)", "NLL", "ECE", "acc at epoch 1", "acc at epoch 5",
               "acc at epoch 10", "acc under noise"]
-    return md_table(header, rows)
+    return table(rows, header)
 
 
 def figures(payload: dict, folder: Path = FIG_DIR) -> list[Path]:
@@ -291,9 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in cfg.variants:
             payload["variants"][variant] = {"seeds": [run_seed(variant, s, cfg) for s in cfg.seeds]}
         payload["seconds"] = time.perf_counter() - t0
-        out = Path(cfg.json) if cfg.json else RESULTS_DIR / ("growth_quick.json" if cfg.quick else "growth.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=1))
+        out = write_json(cfg.json, "growth_quick.json" if cfg.quick else "growth.json", payload)
         log(f"wrote {out}")
     blocks = tables(payload)
     for name, text in blocks.items():

@@ -336,9 +336,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     summary = summary_payload(payload)
     print(render(summary))
     if cfg.docs:
-        DOCS_JSON.parent.mkdir(parents=True, exist_ok=True)
-        DOCS_JSON.write_text(json.dumps(summary, indent=1) + "\n")
-        print(f"wrote {DOCS_JSON}")
+        print(f"wrote {write_json(str(DOCS_JSON), DOCS_JSON.name, summary)}")
     folder = Path(cfg.figures) if cfg.figures else (FIGURES if cfg.docs else None)
     if folder is not None:
         for f in figures(summary, folder):

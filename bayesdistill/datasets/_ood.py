@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset

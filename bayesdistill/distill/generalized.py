@@ -37,10 +37,12 @@ from ..infer.fit import FitResult, fit
 from ..infer.predictive import evaluate
 from .terms.privileged import PrivilegedKD
 
-__all__ = ["generalized_distillation", "GeneralizedDistillationResult", "ROLES"]
+__all__ = ["generalized_distillation", "GeneralizedDistillationResult", "ROLES", "TEACHER_MODES"]
 
 #: the three fits, in order
 ROLES = ("teacher", "student", "distilled")
+#: how the teacher gives its soft labels: one posterior draw per step, or its posterior mean
+TEACHER_MODES = ("sample", "mean")
 
 
 @dataclass
@@ -156,7 +158,7 @@ def generalized_distillation(
     epochs = check_int("epochs", epochs, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     lr = check_number("lr", lr, minimum=0.0, exclusive_minimum=True)
-    check_choice("teacher_mode", teacher_mode, ("sample", "mean"))
+    check_choice("teacher_mode", teacher_mode, TEACHER_MODES)
     num_samples = check_int("num_samples", num_samples, minimum=1)
     seed = check_int("seed", seed, minimum=0)
     roles = tuple(roles)

@@ -35,7 +35,7 @@ from torch import Tensor
 from .._checks import check_int, check_number
 from ..bnn.local_reparam import LAYER_CHOICES, LocalReparameterization
 from ..bnn.network import BNN
-from ..errors import DataError, NonFiniteLossError
+from ..errors import DataError
 from . import distributed
 from .batches import Batch, BatchAdapter, Batches, Data
 from .callbacks import Callback, FunctionCallback
