@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Union
 
-__all__ = ["atomic_write", "remove_stale_temporaries", "read_torch_file"]
+__all__ = ["atomic_write", "remove_stale_temporaries", "read_torch_file", "check_plain"]
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[IO[Any]], None], *, binary: bool = True) -> Path:
@@ -81,3 +81,34 @@ def read_torch_file(path: Union[str, os.PathLike], what: str, error: type = None
             "truncated, or not a file bayesdistill wrote"
         ) from err
 
+
+def check_plain(value: Any, where: str, *, what: str, tensors: bool = False) -> None:
+    """Refuse what ``torch.load(weights_only=True)`` cannot read back: only ``None``, ``str``,
+    ``int``, ``float``, ``bool`` (exact types: a subclass such as ``torch.__version__`` or
+    ``numpy.float64`` is pickled as its own class), lists, tuples, dicts with ``str`` keys and,
+    with ``tensors=True``, tensors.
+
+    Raises:
+        TypeError: naming ``what`` (the file) and ``where`` (the path inside it) of the first
+            value that cannot be saved.
+    """
+    if value is None or type(value) in (str, int, float, bool):
+        return
+    if tensors:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_plain(v, f"{where}[{i}]", what=what, tensors=tensors)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{what} {where}: keys must be str, got {k!r}")
+            check_plain(v, f"{where}[{k!r}]", what=what, tensors=tensors)
+        return
+    allowed = "tensors and plain values" if tensors else "plain values"
+    raise TypeError(f"{what} {where} holds a {type(value).__name__} ({value!r}); only {allowed} (str, int, float, "
+                    "bool, None, lists, dicts) can be saved; convert it, e.g. str(path) or float(x)")

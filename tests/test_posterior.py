@@ -65,6 +65,19 @@ def test_save_load_round_trip(tmp_path):
     assert state["names"] == bnn.site_names
 
 
+def test_metadata_that_a_weights_only_load_cannot_read_is_refused_before_writing(tmp_path):
+    """A str subclass (torch.__version__) pickles as its own class, which torch.load(weights_only=True)
+    refuses: save must refuse it first, naming where it is, and write nothing."""
+    q = bd.BNN(tiny_mlp()).posterior()
+    q.metadata["env"] = {"torch": torch.__version__}
+    with pytest.raises(TypeError, match=r"posterior metadata\['env'\]\['torch'\] holds a TorchVersion"):
+        q.save(tmp_path / "q.pt")
+    assert not (tmp_path / "q.pt").exists()
+    q.metadata["env"] = {"torch": str(torch.__version__)}
+    q.save(tmp_path / "q.pt")
+    assert bd.MeanFieldPosterior.load(tmp_path / "q.pt").metadata["env"]["torch"] == str(torch.__version__)
+
+
 @pytest.mark.parametrize("map_location", ["cpu", torch.device("cpu"), None])
 def test_load_map_location(tmp_path, map_location):
     q = bd.BNN(tiny_mlp()).posterior()

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._io import atomic_write, read_torch_file
+from .._io import atomic_write, check_plain, read_torch_file
 from ..errors import PosteriorFormatError, PosteriorMismatchError
 
 __all__ = ["MeanFieldPosterior", "ParamInfo", "atomic_save"]
@@ -238,7 +238,7 @@ class MeanFieldPosterior(Mapping[str, tuple[Tensor, Tensor]]):
         ``metadata`` must hold plain values (str, int, float, bool, None, lists, tuples, dicts
         with str keys) so that :meth:`load` can read the file with ``weights_only=True``.
         """
-        _check_plain(self.metadata, "metadata")
+        check_plain(self.metadata, "metadata", what="posterior")
         return atomic_save(self.state(), path)
 
     @classmethod
@@ -267,22 +267,3 @@ def _check_entry(name: str, loc: Tensor, scale: Tensor, source: str) -> None:
             f"{source} entry {name!r} has {' and '.join(what)}; a posterior needs finite means and "
             "positive, finite standard deviations"
         )
-
-
-def _check_plain(value: Any, where: str) -> None:
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_plain(v, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"posterior {where} keys must be str, got {k!r}")
-            _check_plain(v, f"{where}[{k!r}]")
-        return
-    raise TypeError(
-        f"posterior {where} holds a {type(value).__name__} ({value!r}); only plain values (str, int, "
-        "float, bool, None, lists, dicts) can be saved; convert it, e.g. str(path) or float(x)"
-    )

@@ -44,7 +44,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from .._io import atomic_write
+from .._io import atomic_write, check_plain
 from ..bnn import BNN, NORM_LAYERS, MeanFieldPosterior, likelihoods, priors
 from ..errors import PosteriorFormatError, PosteriorMismatchError, ShapeMismatchError, UnsupportedLayerError
 from .factories import AllowImports, ImportPath, build_model, is_import_path
@@ -164,24 +164,6 @@ def make_likelihood(spec: Mapping[str, Any]) -> Any:
 
 
 # --------------------------------------------------------------------------- the file
-def _check_plain(value: Any, where: str) -> None:
-    """Tensors and plain data only (what ``torch.load(weights_only=True)`` reads back)."""
-    if value is None or type(value) in (str, int, float, bool) or isinstance(value, Tensor):
-        return  # exact types: a str or float subclass (torch.__version__, numpy.float64) is pickled as its class
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_plain(v, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"model file {where}: keys must be str, got {k!r}")
-            _check_plain(v, f"{where}[{k!r}]")
-        return
-    raise TypeError(f"model file {where} holds a {type(value).__name__} ({value!r}); only tensors and plain values "
-                    "(str, int, float, bool, None, lists, dicts) can be saved")
-
-
 @dataclass
 class ModelFile:
     """The content of a saved model (schema ``bayesdistill.Model`` v1); :meth:`build` makes the BNN."""
@@ -346,7 +328,7 @@ def save_model(bnn: BNN, path: Union[str, os.PathLike], *, model: str, input_sha
                    dataset,
                    dict(training or {}), run_environment(bnn.loc.device), dict(metadata or {}))
     state = mf.state()
-    _check_plain(state, "state")
+    check_plain(state, "state", what="model file", tensors=True)
     return atomic_write(path, lambda fh: torch.save(state, fh))
 
 
