@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ...errors import UnsupportedLayerError
 
-__all__ = ["Layer", "Chain", "parse_chain"]
+__all__ = ["Layer", "Chain", "parse_chain", "columns_per_unit"]
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -75,6 +75,27 @@ class Chain:
 
     def __len__(self) -> int:
         return len(self.layers)
+
+
+def columns_per_unit(layer: Layer, nxt: Layer, purpose: str) -> int:
+    """Input columns of ``nxt`` that one unit of ``layer`` feeds: the positions per channel where a
+    Linear reads a flattened convolution, else 1.
+
+    Raises:
+        UnsupportedLayerError: the two layers' sizes do not relate (``purpose``, e.g. "alignment",
+            names what needs them to).
+    """
+    if nxt.kind == "linear" and layer.kind == "conv":
+        if nxt.in_units % layer.out_units:
+            raise UnsupportedLayerError(
+                f"layer {nxt.path!r} reads {nxt.in_units} features after the {layer.out_units} channels of "
+                f"{layer.path!r}; {purpose} needs a whole number of positions per channel")
+        return nxt.in_units // layer.out_units
+    if nxt.in_units != layer.out_units:
+        raise UnsupportedLayerError(
+            f"layer {nxt.path!r} reads {nxt.in_units} inputs but {layer.path!r} gives {layer.out_units}; "
+            f"{purpose} cannot relate them")
+    return 1
 
 
 def _leaves(net: nn.Module) -> list[tuple[str, nn.Module]]:

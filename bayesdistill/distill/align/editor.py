@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ...bnn.posterior import MeanFieldPosterior, ParamInfo
 from ...errors import ShapeMismatchError, UnsupportedLayerError
-from .chain import Chain, Layer
+from .chain import Chain, Layer, columns_per_unit
 
 __all__ = ["PosteriorEditor", "relative_error"]
 
@@ -83,8 +83,7 @@ def _norm_entries(layer: Layer, q: MeanFieldPosterior) -> dict[str, dict[str, An
 
 def _unit_group(layer: Layer, nxt: Optional[Layer]) -> int:
     """Columns of the next layer that one unit of ``layer`` feeds (a flatten: positions per channel)."""
-    if nxt is None:
-        return 1
+    return 1 if nxt is None else columns_per_unit(layer, nxt, "alignment")
     if nxt.kind == "linear" and layer.kind == "conv":
         if nxt.in_units % layer.out_units:
             raise UnsupportedLayerError(

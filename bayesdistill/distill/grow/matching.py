@@ -28,7 +28,7 @@ from typing import Optional
 from torch import nn
 
 from ...errors import ShapeMismatchError, UnsupportedLayerError
-from ..align.chain import NORMS, Chain, Layer
+from ..align.chain import NORMS, Chain, Layer, columns_per_unit
 
 __all__ = ["LayerMatch", "match_layers", "signature", "positions_per_unit"]
 
@@ -54,19 +54,7 @@ def positions_per_unit(chain: Chain, index: int, what: str) -> int:
     flattened convolution reads every position of each channel); 1 for the first layer."""
     if index == 0:
         return 1
-    layer, prev = chain.layers[index], chain.layers[index - 1]
-    if layer.kind == "linear" and prev.kind == "conv":
-        if layer.in_units % prev.out_units:
-            raise UnsupportedLayerError(
-                f"{what} layer {layer.path!r} reads {layer.in_units} features after the {prev.out_units} "
-                f"channels of {prev.path!r}; growth needs a whole number of positions per channel"
-            )
-        return layer.in_units // prev.out_units
-    if layer.in_units != prev.out_units:
-        raise UnsupportedLayerError(
-            f"{what} layer {layer.path!r} reads {layer.in_units} inputs but {prev.path!r} gives {prev.out_units}"
-        )
-    return 1
+    return columns_per_unit(chain.layers[index - 1], chain.layers[index], f"growth of the {what}")
 
 
 @dataclass(frozen=True)
