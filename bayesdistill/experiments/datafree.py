@@ -42,8 +42,8 @@ from .model_file import MODEL_FILE_NAME, save_model
 from .progress import Stages
 from .recipes import DataFreeRecipe, RecordRecipe, RunSettings, UncertaintyRecipe
 from .results import Result, live
-from .runs import (ExperimentError, barrier, check_run_folder, clear_artefacts, environment, is_main,
-                   resolve_device, torch_threads, write_json)
+from .runs import (ExperimentError, barrier, check_run_folder, environment, is_main, open_run_folder,
+                   resolve_device, torch_threads, write_metrics)
 from .steps import check_fits, fit_summary, likelihood_for, load_teacher, lr_schedule, teacher_dataset, write_history
 from .uncertainty import score_networks, uncertainty_step, with_kept
 
@@ -224,16 +224,12 @@ def datafree(
         with stages("writing the student, metrics and report"):
             result.wall_time_s = time.perf_counter() - t_start
             if main:
-                out.mkdir(parents=True, exist_ok=True)
-                if run.overwrite:
-                    clear_artefacts(out, DATAFREE_ARTEFACTS)
+                open_run_folder(out, DATAFREE_ARTEFACTS, run.overwrite)
                 save_model(s_bnn, out / MODEL_FILE_NAME, model=student, model_kwargs=kwargs,
                            input_shape=mf.input_shape, output_dim=mf.output_dim, dataset=name, training=config)
                 write_history(res.fit, out / "history.csv")
                 if res.fit.history:
                     plots.save(plots.elbo(res.fit), out / "elbo.png")
-                metrics = result.to_dict()
-                write_json(metrics, out / "metrics.json")
-                (out / "report.md").write_text(datafree_report(metrics))
+                write_metrics(out, result, datafree_report)
     barrier()
     return result

@@ -48,8 +48,8 @@ from .progress import Stages
 from .recipes import (PRIOR_METHOD, PRUNING_PLOT_FRACTIONS, PRUNING_PLOT_MAX_PROBE, DistillRecipe, RunSettings,
                       UncertaintyRecipe)
 from .results import Result, live
-from .runs import (ExperimentError, barrier, check_run_folder, clear_artefacts, environment, is_main,
-                   resolve_device, torch_threads, write_json)
+from .runs import (ExperimentError, barrier, check_run_folder, environment, is_main, open_run_folder,
+                   resolve_device, torch_threads, write_metrics)
 from .steps import (check_fits, fit_summary, has_term_metric, likelihood_for, likelihood_name, load_teacher,
                     lr_schedule, probe_inputs, teacher_dataset, term_summary, write_history)
 from .uncertainty import (UncertaintyResult, UncertaintyStep, roc_figure, score_networks, selective_figure,
@@ -425,9 +425,7 @@ def _figures(out: Path, s: _Setup, r: DistillResult, hist: tuple[FitResult, FitR
 def _write(out: Path, s: _Setup, r: DistillResult, recipe: DistillRecipe, hist: tuple[FitResult, FitResult],
            cosine: Any, curves: list[Any], probe_len: int, run: RunSettings) -> None:
     """Every artefact but metrics.json (rank 0 only)."""
-    out.mkdir(parents=True, exist_ok=True)
-    if run.overwrite:
-        clear_artefacts(out, DISTILL_ARTEFACTS)
+    open_run_folder(out, DISTILL_ARTEFACTS, run.overwrite)
     _save_student(out, s, r.student_bnn, r.student_posterior, recipe, r.config, len(hist[0].history))
     if r.alignment is not None:
         r.alignment.save(out / "plan.pt")
@@ -546,6 +544,6 @@ def distill(
                 _write(out, s, r, recipe, hist, cosine, curves, al.curve_probe, run)
             r.wall_time_s = time.perf_counter() - t_start
             if main:
-                write_json(r.to_dict(), out / "metrics.json")
+                write_metrics(out, r)
     barrier()  # under torchrun: rank 0's files exist for every rank once this returns
     return r

@@ -31,7 +31,7 @@ from .factories import build_model, load_dataset
 from .progress import Stages
 from .recipes import FunctionSpaceRecipe, RunSettings, UncertaintyRecipe
 from .results import Result, live
-from .runs import barrier, check_run_folder, environment, is_main, resolve_device, torch_threads, write_json
+from .runs import barrier, check_run_folder, environment, is_main, resolve_device, torch_threads, write_metrics
 from .steps import (check_fits, fit_summary, has_term_metric, likelihood_for, load_teacher, lr_schedule,
                     term_summary, write_history)
 from .uncertainty import UncertaintyResult, score_networks, uncertainty_step, with_kept
@@ -206,6 +206,6 @@ def function_space(
                 _figures(out, t_model, recipe.student, data, histories, recipe, teacher_test, pairs, cos)
             result.wall_time_s = time.perf_counter() - t_start
             if main:
-                write_json(result.to_dict(), out / "metrics.json")
+                write_metrics(out, result)
     barrier()  # under torchrun: rank 0's files exist for every rank once this returns
     return result

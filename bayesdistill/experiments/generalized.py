@@ -36,8 +36,8 @@ from .family_reports import generalized_report
 from .progress import Stages
 from .recipes import GeneralizedRecipe, RunSettings, UncertaintyRecipe
 from .results import Result, live
-from .runs import (ExperimentError, barrier, check_run_folder, clear_artefacts, environment, is_main,
-                   resolve_device, torch_threads, write_json)
+from .runs import (ExperimentError, barrier, check_run_folder, environment, is_main, open_run_folder,
+                   resolve_device, torch_threads, write_metrics)
 from .steps import lr_schedule
 from .uncertainty import uncertainty_step
 
@@ -169,11 +169,6 @@ def generalized(
         with stages("writing the metrics and the report"):
             result.wall_time_s = time.perf_counter() - t_start
             if main:
-                out.mkdir(parents=True, exist_ok=True)
-                if run.overwrite:
-                    clear_artefacts(out, GENERALIZED_ARTEFACTS)
-                metrics = result.to_dict()
-                write_json(metrics, out / "metrics.json")
-                (out / "report.md").write_text(generalized_report(metrics))
+                write_metrics(open_run_folder(out, GENERALIZED_ARTEFACTS, run.overwrite), result, generalized_report)
     barrier()
     return result

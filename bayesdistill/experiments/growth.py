@@ -42,8 +42,8 @@ from .model_file import MODEL_FILE_NAME, save_model
 from .progress import Stages
 from .recipes import GrowRecipe, RunSettings, UncertaintyRecipe
 from .results import Result, live
-from .runs import (barrier, check_run_folder, clear_artefacts, environment, is_main, resolve_device, torch_threads,
-                   write_json)
+from .runs import (barrier, check_run_folder, environment, is_main, open_run_folder, resolve_device, torch_threads,
+                   write_metrics)
 from .steps import fit_summary, likelihood_for, load_teacher, lr_schedule, teacher_dataset, write_history
 from .uncertainty import score_networks, uncertainty_step
 
@@ -192,9 +192,7 @@ def grow(
 def _write(out: Path, result: GrowResult, hist: Mapping[str, FitResult], *, overwrite: bool, model: str,
            model_kwargs: Mapping[str, Any], data: Any, dataset: str, config: Mapping[str, Any]) -> None:
     """The run's artefacts (rank 0): model.pt, the plan, histories, curves, metrics.json and report.md."""
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        clear_artefacts(out, GROW_ARTEFACTS)
+    open_run_folder(out, GROW_ARTEFACTS, overwrite)
     save_model(result.grown_bnn, out / MODEL_FILE_NAME, model=model, model_kwargs=model_kwargs,
                input_shape=data.input_shape, output_dim=data.output_dim, dataset=dataset, training=dict(config))
     result.growth_plan.save(out / "plan.pt")
@@ -204,9 +202,7 @@ def _write(out: Path, result: GrowResult, hist: Mapping[str, FitResult], *, over
         write_history(hist["scratch"], out / "scratch_history.csv")
     if hist["grown"].history:
         _curves(hist, out / "elbo.png")
-    metrics = result.to_dict()
-    write_json(metrics, out / "metrics.json")
-    (out / "report.md").write_text(grow_report(metrics))
+    write_metrics(out, result, grow_report)
 
 
 def _curves(hist: Mapping[str, FitResult], path: Path) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -33,6 +33,8 @@ __all__ = [
     "resolve_device",
     "check_run_folder",
     "clear_artefacts",
+    "open_run_folder",
+    "write_metrics",
     "torch_threads",
     "environment",
     "process_group",
@@ -99,6 +101,24 @@ def clear_artefacts(out: Path, artefacts: Iterable[str]) -> None:
         path = out / name
         if path.is_file():
             path.unlink()
+
+
+def open_run_folder(out: Path, artefacts: Iterable[str], overwrite: bool) -> Path:
+    """Create the run folder; with ``overwrite``, first remove the named files of the run it held."""
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        clear_artefacts(out, artefacts)
+    return out
+
+
+def write_metrics(out: Path, result: Any, report: Optional[Callable[[dict[str, Any]], str]] = None) -> dict[str, Any]:
+    """``metrics.json`` (``result.to_dict()``, atomically) and, with ``report``, ``report.md`` rendered
+    from those numbers alone; returns the metrics."""
+    metrics = result.to_dict()
+    write_json(metrics, out / "metrics.json")
+    if report is not None:
+        (out / "report.md").write_text(report(metrics))
+    return metrics
 
 
 @contextmanager

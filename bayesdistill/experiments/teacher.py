@@ -37,8 +37,8 @@ from .model_file import MODEL_FILE_NAME, POSTERIOR_FILE_NAME, save_model
 from .progress import Stages
 from .recipes import RunSettings, TeacherRecipe, UncertaintyRecipe
 from .results import Result, live
-from .runs import (CHECKPOINT_FOLDER, barrier, check_run_folder, clear_artefacts, environment, is_main,
-                   resolve_device, torch_threads, write_json)
+from .runs import (CHECKPOINT_FOLDER, barrier, check_run_folder, environment, is_main, open_run_folder,
+                   resolve_device, torch_threads, write_metrics)
 from .steps import fit_summary, likelihood_for, likelihood_name, lr_schedule, write_history
 from .uncertainty import UncertaintyResult, score_networks, uncertainty_step
 
@@ -144,9 +144,7 @@ def _posterior_metadata(t: _Teacher, model: str, config: dict[str, Any], epochs:
 def _write(out: Path, t: _Teacher, q: Any, model: str, config: dict[str, Any], result: FitResult, cal: Any,
            overwrite: bool) -> None:
     """The artefacts (rank 0 only)."""
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        clear_artefacts(out, TEACHER_ARTEFACTS)
+    open_run_folder(out, TEACHER_ARTEFACTS, overwrite)
     q.metadata = _posterior_metadata(t, model, config, len(result.history))
     q.save(out / POSTERIOR_FILE_NAME)
     save_model(t.bnn, out / MODEL_FILE_NAME, model=model, model_kwargs=t.model_kwargs,
@@ -229,6 +227,6 @@ def fit_teacher(
                 environment(t.device), unc, out=out, bnn=t.bnn, history=result)
             teacher.wall_time_s = time.perf_counter() - t_start
             if main:
-                write_json(teacher.to_dict(), out / "metrics.json")
+                write_metrics(out, teacher)
     barrier()  # under torchrun: rank 0's files exist for every rank once this returns
     return teacher
