@@ -274,3 +274,8 @@ def write_json(path: Optional[str], default_name: str, payload: dict[str, Any]) 
 
 def bar_text(ok: bool) -> str:
     return "MET" if ok else "NOT MET"
+
+
+def bar_lines(bars: Optional[dict[str, Any]]) -> list[str]:
+    """Markdown lines ``- bar: NAME: **MET** (why)`` for ``{name: (ok, why)}``, after a blank line."""
+    return [""] + [f"- bar: {name}: **{bar_text(ok)}** ({why})" for name, (ok, why) in bars.items()] if bars else []

@@ -60,7 +60,7 @@ import torch
 
 import bayesdistill as bd
 from bayesdistill.distill import datafree as df
-from _common import bar_text, machine_info, save_figure, table, write_json
+from _common import bar_lines, machine_info, save_figure, table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -242,11 +242,7 @@ def render(summary: dict[str, Any]) -> str:
                      "same student initialization), mean ± s.e. over seeds:\n")
         lines.append(table([[m, f"{e['mean']:+.1f} ± {e['se']:.1f}", e["n"]] for m, e in paired.items()],
                            ["transfer inputs", "minus top layer", "seeds"]))
-    bars = summary.get("bars") or {}
-    if bars:
-        lines.append("")
-        for name, (ok, why) in bars.items():
-            lines.append(f"- bar: {name}: **{bar_text(ok)}** ({why})")
+    lines += bar_lines(summary.get("bars"))
     if "wall_s" in summary:
         lines.append(f"\nWall time: {summary['wall_s'] / 60:.0f} min for all the runs above (teachers, reconstructions, "
                      f"students), one after the other, {summary['config'].get('threads', 1)} thread, on a shared "

@@ -48,7 +48,7 @@ from typing import Any, Optional
 import torch
 
 import bayesdistill as bd
-from _common import bar_text, machine_info, save_figure, table, write_json
+from _common import bar_lines, machine_info, save_figure, table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS_JSON = ROOT / "docs" / "results" / "privileged.json"
@@ -223,11 +223,7 @@ def render(summary: dict[str, Any]) -> str:
         reps = sorted({e["reps"] for entries in s.values() for e in entries})
         lines.append(table(body, ["experiment", *(f"n={n}" for n in ns)]))
         lines.append(f"\n({'/'.join(map(str, reps))} repetitions per n.)")
-    bars = summary.get("bars") or {}
-    if bars:
-        lines.append("")
-        for name, (ok, why) in bars.items():
-            lines.append(f"- bar: {name}: **{bar_text(ok)}** ({why})")
+    lines += bar_lines(summary.get("bars"))
     if "wall_s" in summary:
         lines.append(f"\nWall time: {summary['wall_s'] / 60:.0f} min for all the runs above, one after the other, "
                      f"{cfg.get('threads', 1)} thread (torch.set_num_threads), on a shared 2-core machine.")
