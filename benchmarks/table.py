@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import statistics
@@ -183,6 +184,11 @@ class Context:
                                                            seed=self.seed), self.cfg, setting)
         return self._data[setting]
 
+    @functools.cached_property
+    def ood(self):
+        """The data set's OOD inputs for the uncertainty columns, built once per (data set, seed)."""
+        return ood_sets(self.dataset, UncertaintyRecipe(), self.seed)
+
     def likelihood(self):
         return bd.likelihoods.Normal(scale=REGRESSION_NOISE) if self.task == "regression" else None
 
@@ -237,13 +243,15 @@ def teacher(ctx: Context) -> bd.BNN:
     return bnn
 
 
-def evaluate(bnn: bd.BNN, data, cfg: argparse.Namespace, seed: int, dataset: str) -> dict[str, float]:
+def evaluate(bnn: bd.BNN, data, ctx: "Context") -> dict[str, float]:
     """``bd.evaluate``'s metrics (the same call), plus for classification ``confidence`` (the
     mean top-class probability of the posterior predictive: above the accuracy, over-confident),
-    and the pipelines' uncertainty step (``bayesdistill.experiments.evaluate_uncertainty``, the
-    numbers the command line reports): ``auroc_mi`` / ``auroc_h``, the AUROC of the mutual
-    information / predictive entropy against the data set's transformed-input OOD sets (mean over
-    the kinds), and ``sel_area``, the area under the accuracy-coverage curve."""
+    and the pipelines' uncertainty step (``bayesdistill.experiments.uncertainty.evaluate_uncertainty``,
+    the numbers the command line reports): ``auroc_mi`` / ``auroc_h``, the AUROC of the mutual
+    information / predictive entropy against the data set's transformed-input OOD sets (``ctx.ood``,
+    built once per data set and seed; mean over the kinds), and ``sel_area``, the area under the
+    accuracy-coverage curve."""
+    cfg, seed = ctx.cfg, ctx.seed
     if data.task != "classification":
         m = bd.evaluate(bnn, data.test, num_samples=cfg.samples, seed=seed)
         return {k: float(m[k]) for k in ("rmse", "nll")}
@@ -251,9 +259,7 @@ def evaluate(bnn: bd.BNN, data, cfg: argparse.Namespace, seed: int, dataset: str
     m = classification_metrics(logits, y)
     conf = logits.softmax(-1).mean(0).max(-1).values.mean()
     out = {**{k: float(m[k]) for k in ("accuracy", "nll", "ece")}, "confidence": float(conf)}
-    recipe = UncertaintyRecipe()
-    u = evaluate_uncertainty(bnn, data.test, ood_sets(dataset, recipe, seed), recipe, num_samples=cfg.samples,
-                             seed=seed)
+    u = evaluate_uncertainty(bnn, data.test, ctx.ood, UncertaintyRecipe(), num_samples=cfg.samples, seed=seed)
     out["sel_area"] = float(u.selective_area)
     if u.mean_auroc:
         out["auroc_mi"] = float(u.mean_auroc["mutual_information"])
@@ -312,7 +318,7 @@ def run_cell(ctx: Context, t: bd.BNN, pair: str, setting: str, method: str) -> d
     fit_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     row = {"dataset": ctx.dataset, "pair": pair, "setting": setting, "method": method, "seed": ctx.seed,
            "n_train": n, "epochs": rec["epochs"], "fit_s": fit_s, "cpu_s": cpu_s,
-           **evaluate(student, data, cfg, ctx.seed, ctx.dataset)}
+           **evaluate(student, data, ctx)}
     return row
 
 
@@ -664,7 +670,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for seed in seeds:
                 ctx = Context(cfg, dataset, seed)
                 t = teacher(ctx)
-                t_metrics = evaluate(t, ctx.full, cfg, seed, dataset)
+                t_metrics = evaluate(t, ctx.full, ctx)
                 rows.append({"dataset": dataset, "pair": "teacher", "setting": "full", "method": "teacher",
                              "seed": seed, "n_train": len(ctx.full.train), "epochs": recipe(cfg, dataset, "teacher")["epochs"],
                              "fit_s": 0.0, **t_metrics})
