@@ -414,6 +414,10 @@ def _add_datafree(sub: Any) -> None:
     p.add_argument("--steps", type=_nonnegative_int, default=d.steps, help="Adam steps of the reconstruction")
     p.add_argument("--objective", choices=OBJECTIVES, default=d.objective,
                    help="the reconstruction objective")
+    p.add_argument("--feature-weight", type=_nonnegative_float, default=d.feature_weight,
+                   help="deepinversion: weight of the hidden layers' batch statistics")
+    p.add_argument("--tv-weight", type=_nonnegative_float, default=d.tv_weight,
+                   help="deepinversion: weight of the inputs' total variation")
     p.add_argument("--kd-weight", type=_fraction, default=d.kd_weight, help="weight of the KD term (1: soft labels only)")
     _add_train_options(p, d)
     _add_run_options(p)

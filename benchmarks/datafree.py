@@ -5,13 +5,18 @@ Usage::
     python benchmarks/datafree.py                       # seeds 0 1 2, every method
     python benchmarks/datafree.py --quick               # smoke run (< 2 min)
     python benchmarks/datafree.py --from-json benchmarks/results/datafree.json --docs   # tables + figures
+    python benchmarks/datafree.py --teacher cnn --seeds 0 1 2 3 4   # a 1-D CNN teacher instead
 
 Per seed s:
 
 * **teacher**: a Bayesian MLP ``bd.models.mlp(40, 10, (128, 128))`` (22,026 weights; the paper's
   teachers are fully connected too), prior ``Normal(0, 1)``, on all 4000 MNIST-1D training
   examples: ``--teacher-epochs`` 100, Adam lr 3e-3 with a cosine decay, batch 128,
-  ``kl_weight`` 0.5 (cached under ``benchmarks/results/datafree_cache/``);
+  ``kl_weight`` 0.5 (cached under ``benchmarks/results/datafree_cache/``); with ``--teacher cnn``
+  a Bayesian 1-D CNN ``bd.models.cnn1d(40, 10, channels=16)`` (three conv layers with ReLU, 16 x 40,
+  16 x 20 and 16 x 10 maps, a linear read-out), 60 epochs, the rest the same; its records hold
+  the flattened conv maps, and the spectral records (and "all layers, joint", a spectral record)
+  do not apply to it: they need fully connected layers between the recorded layers;
 * **records** (once, with the training data): ``bd.distill.datafree.record(teacher, train, kind=k,
   temperature=8)`` for ``k`` in top, all, spectral-all, spectral-pairs (``--spectral-fraction``
   0.3 of each graph's eigenvectors), and spectral-all with fraction 1 ("all layers, joint": the
@@ -84,6 +89,28 @@ METHODS = {
 PAPER = {"data (labels)": 95.70, "KD, real inputs": 95.74, "top layer": 68.75, "all layers": 76.38,
          "spectral all layers": 89.41, "spectral layer pairs": 91.24}
 TEACHER_HIDDEN, STUDENT_HIDDEN = (128, 128), (32, 32)
+#: --teacher -> (description, network factory, default epochs); the records of a CNN teacher are
+#: its conv maps flattened per example (channels x positions), so only the kinds that need no
+#: chain of Linear layers apply to it
+TEACHERS = {
+    "mlp": ("Bayesian MLP 40-128-128-10", lambda: bd.models.mlp(40, 10, TEACHER_HIDDEN), 100),
+    "cnn": ("Bayesian 1-D CNN `cnn1d(40, 10, channels=16)`: three conv layers (16 x 40, 16 x 20, 16 x 10 "
+            "ReLU maps) and a linear read-out", lambda: bd.models.cnn1d(40, 10, channels=16), 60),
+}
+#: the record kinds that need a chain of fully connected layers between the recorded layers
+CHAIN_KINDS = ("spectral-all", "spectral-pairs", "joint")
+
+
+def applies(method: str, teacher: str) -> bool:
+    """Whether a method applies to a teacher kind (the spectral records need fully connected layers)."""
+    return teacher == "mlp" or METHODS[method][0] not in CHAIN_KINDS
+
+
+def tag(cfg_or_config: Any) -> str:
+    """The file-name suffix of a teacher kind: "" for the MLP (the original runs), "_cnn" otherwise."""
+    teacher = (cfg_or_config.get("teacher", "mlp") if isinstance(cfg_or_config, dict)
+               else getattr(cfg_or_config, "teacher", "mlp"))
+    return "" if teacher == "mlp" else f"_{teacher}"
 
 
 def log(msg: str) -> None:
@@ -91,8 +118,9 @@ def log(msg: str) -> None:
 
 
 def teacher_for(seed: int, cfg: argparse.Namespace, data) -> tuple[bd.BNN, dict[str, Any]]:
-    path = Path(cfg.cache) / f"teacher_mlp{TEACHER_HIDDEN[0]}_seed{seed}_ep{cfg.teacher_epochs}.pt"
-    net = bd.models.mlp(40, 10, TEACHER_HIDDEN)
+    name = f"mlp{TEACHER_HIDDEN[0]}" if cfg.teacher == "mlp" else cfg.teacher
+    path = Path(cfg.cache) / f"teacher_{name}_seed{seed}_ep{cfg.teacher_epochs}.pt"
+    net = TEACHERS[cfg.teacher][1]()
     info: dict[str, Any] = {}
     if path.exists():
         teacher = bd.BNN(net, prior=bd.priors.Normal(scale=1.0), dataset_size=len(data.train),
@@ -130,7 +158,7 @@ def transfer_inputs(method: str, seed: int, teacher: bd.BNN, records: dict[str, 
             "teacher_agrees_with_class": float((df.teacher_labels(teacher, r.x, seed=seed) == r.classes)
                                                .float().mean())}
     torch.save({"x": r.x[: cfg.keep], "classes": r.classes[: cfg.keep]},
-               Path(cfg.cache) / inputs_file(method, seed))
+               Path(cfg.cache) / inputs_file(method, seed, tag(cfg)))
     return r.x, info
 
 
@@ -165,7 +193,11 @@ def _ms(v: list[float]) -> dict[str, float]:
 def summarize(payload: dict[str, Any]) -> dict[str, Any]:
     rows = payload["results"]
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    out: dict[str, Any] = {"config": payload["config"], "machine": payload.get("machine", {}), "paper": PAPER,
+    config = dict(payload["config"])
+    if config.get("cache"):  # a path inside the repository, not this machine's
+        cache = Path(config["cache"]).resolve()
+        config["cache"] = str(cache.relative_to(ROOT)) if cache.is_relative_to(ROOT) else cache.name
+    out: dict[str, Any] = {"config": config, "machine": payload.get("machine", {}), "paper": PAPER,
                            "teachers": payload["teachers"], "methods": {}}
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
@@ -220,7 +252,8 @@ def check_bars(summary: dict[str, Any]) -> dict[str, tuple[bool, str]]:
 def render(summary: dict[str, Any]) -> str:
     t = summary["teachers"]
     seeds = sorted({int(s) for e in summary["methods"].values() for s in e["per_seed"]})
-    lines = [f"Seeds {', '.join(map(str, seeds))}. Teacher (Bayesian MLP 40-128-128-10): test accuracy "
+    described = TEACHERS[summary["config"].get("teacher", "mlp")][0]
+    lines = [f"Seeds {', '.join(map(str, seeds))}. Teacher ({described}): test accuracy "
              f"{statistics.mean(x['teacher_accuracy'] for x in t) * 100:.1f} ± "
              f"{(statistics.stdev([x['teacher_accuracy'] * 100 for x in t]) if len(t) > 1 else 0):.1f} % "
              f"over {len(t)} seeds (paper's MNIST teacher: 96.95 %).\n"]
@@ -250,8 +283,8 @@ def render(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def inputs_file(method: str, seed: int) -> str:
-    return f"inputs_{method.replace(' ', '_').replace(',', '')}_seed{seed}.pt"
+def inputs_file(method: str, seed: int, suffix: str = "") -> str:
+    return f"inputs{suffix}_{method.replace(' ', '_').replace(',', '')}_seed{seed}.pt"
 
 
 def figures(summary: dict[str, Any], folder: Path, seed: int, cache: Path) -> list[Path]:
@@ -263,7 +296,8 @@ def figures(summary: dict[str, Any], folder: Path, seed: int, cache: Path) -> li
     out = []
     data = bd.datasets.load("mnist1d")
     x_real, y_real = data.tensors("train")
-    shown = [m for m in METHODS if METHODS[m][0] is not None and (cache / inputs_file(m, seed)).exists()]
+    suffix = tag(summary["config"])
+    shown = [m for m in METHODS if METHODS[m][0] is not None and (cache / inputs_file(m, seed, suffix)).exists()]
     if shown:
         classes = [0, 3, 7]
         fig, axes = plt.subplots(len(classes), len(shown) + 1, figsize=(2.1 * (len(shown) + 1), 1.6 * len(classes)),
@@ -272,7 +306,7 @@ def figures(summary: dict[str, Any], folder: Path, seed: int, cache: Path) -> li
             if m == "real data":
                 xs, cs = x_real, y_real
             else:
-                saved = torch.load(cache / inputs_file(m, seed))
+                saved = torch.load(cache / inputs_file(m, seed, suffix))
                 xs, cs = saved["x"], saved["classes"]
             for i, c in enumerate(classes):
                 ax = axes[i][j]
@@ -285,7 +319,7 @@ def figures(summary: dict[str, Any], folder: Path, seed: int, cache: Path) -> li
                     ax.set_ylabel(f"class {c}", fontsize=8)
         fig.suptitle(f"MNIST-1D inputs: real and reconstructed from the teacher's records (seed {seed}, 3 per class)",
                      fontsize=9)
-        out.append(save_figure(fig, folder / "datafree_inputs.png"))
+        out.append(save_figure(fig, folder / f"datafree{suffix}_inputs.png"))
     ms = summary["methods"]
     fig, ax = plt.subplots(figsize=(7.5, 3.4))
     names = list(ms)
@@ -302,7 +336,7 @@ def figures(summary: dict[str, Any], folder: Path, seed: int, cache: Path) -> li
     ax.invert_yaxis()
     ax.set_xlabel("student test accuracy % (MNIST-1D)")
     ax.legend(fontsize=8, loc="lower right")
-    out.append(save_figure(fig, folder / "datafree_accuracy.png"))
+    out.append(save_figure(fig, folder / f"datafree{suffix}_accuracy.png"))
     return out
 
 
@@ -311,7 +345,7 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--teacher-epochs", type=int, default=100)
+    p.add_argument("--teacher-epochs", type=int, default=None, help="default 100 (MLP), 60 (CNN)")
     p.add_argument("--epochs", type=int, default=100, help="student epochs")
     p.add_argument("--n", type=int, default=2000, help="transfer inputs per method (the first n training "
                    "examples for the real-data references)")
@@ -327,14 +361,24 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--cache", default=None, help="teachers, records, inputs (default benchmarks/results/datafree_cache)")
     p.add_argument("--progress", action="store_true", help="progress bars of the reconstructions")
     p.add_argument("--quick", action="store_true", help="one seed, 5+5 epochs, 500 inputs, 50 steps")
-    p.add_argument("--json", default=None, help="default benchmarks/results/datafree.json")
+    p.add_argument("--teacher", default="mlp", choices=list(TEACHERS),
+                   help="the teacher: the MLP (default) or a 1-D CNN (no spectral records: they need Linear layers)")
+    p.add_argument("--json", default=None, help="default benchmarks/results/datafree.json (datafree_cnn.json "
+                   "with --teacher cnn)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--from-json", default=None)
-    p.add_argument("--docs", action="store_true", help="write docs/results/datafree.json and the figures")
+    p.add_argument("--docs", action="store_true", help="write docs/results/datafree.json (datafree_cnn.json) "
+                   "and the figures")
     p.add_argument("--figures", default=None)
     cfg = p.parse_args(argv)
+    if cfg.teacher_epochs is None:
+        cfg.teacher_epochs = TEACHERS[cfg.teacher][2]
     if cfg.quick:
         cfg.seeds, cfg.teacher_epochs, cfg.epochs, cfg.n, cfg.steps = [0], 5, 5, 500, 50
+    skipped = [m for m in cfg.methods if not applies(m, cfg.teacher)]
+    if skipped:
+        print(f"--teacher {cfg.teacher}: skipping {', '.join(skipped)} (spectral records need fully connected layers)")
+        cfg.methods = [m for m in cfg.methods if applies(m, cfg.teacher)]
     if cfg.cache is None:
         cfg.cache = str(CACHE if not cfg.quick else RESULTS / "datafree_cache_quick")
     return cfg
@@ -347,7 +391,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if cfg.from_json:
         payload = json.loads(Path(cfg.from_json).read_text())
     else:
-        path = Path(cfg.json) if cfg.json else RESULTS / "datafree.json"
+        path = Path(cfg.json) if cfg.json else RESULTS / f"datafree{tag(cfg)}.json"
         payload = {"config": {k: v for k, v in vars(cfg).items()
                               if k not in ("from_json", "docs", "figures", "resume", "json", "progress")},
                    "machine": machine_info(torch.device("cpu")), "teachers": [], "records": {}, "results": []}
@@ -370,7 +414,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 kind, frac = ("spectral-all", 1.0) if k == "joint" else (k, cfg.spectral_fraction)
                 records[k] = df.record(teacher, data.train, kind=kind, temperature=cfg.temperature,
                                        spectral_fraction=frac, metadata={"dataset": "mnist1d"})
-                p = records[k].save(Path(cfg.cache) / f"record_{k}_seed{seed}.pt")
+                p = records[k].save(Path(cfg.cache) / f"record{tag(cfg)}_{k}_seed{seed}.pt")
                 payload["records"][k] = records[k].num_values()
                 log(f"  record {k}: {records[k].num_values()} numbers, {p.stat().st_size / 1e6:.2f} MB")
             for m in todo:
@@ -384,7 +428,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     summary = summarize(payload)
     print(render(summary))
     if cfg.docs:
-        print(f"wrote {write_json(str(DOCS_JSON), DOCS_JSON.name, summary)}")
+        docs_json = DOCS_JSON.with_name(f"datafree{tag(payload['config'])}.json")
+        print(f"wrote {write_json(str(docs_json), docs_json.name, summary)}")
     folder = Path(cfg.figures) if cfg.figures else (FIGURES if cfg.docs else None)
     if folder is not None:
         for f in figures(summary, folder, payload["config"]["seeds"][0], Path(payload["config"]["cache"])):

@@ -189,6 +189,8 @@ def datafree(
                 s_bnn, t_bnn, rec, recipe.inputs,
                 reconstruct_options={"steps": recipe.steps, "lr": recipe.reconstruct_lr,
                                      "batch_size": recipe.reconstruct_batch_size, "objective": recipe.objective,
+                                     **({"feature_weight": recipe.feature_weight, "tv_weight": recipe.tv_weight}
+                                        if recipe.objective == "deepinversion" else {}),
                                      "device": device, "progress": not run.quiet, "seed": run.seed},
                 weight=recipe.kd_weight, teacher_mode=recipe.teacher_mode, epochs=recipe.epochs,
                 batch_size=recipe.batch_size, lr=recipe.lr, lr_schedule=lr_schedule(recipe.lr_schedule),

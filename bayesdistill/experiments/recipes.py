@@ -335,7 +335,9 @@ class DataFreeRecipe(_Recipe):
     student on them by KD (``bd.distill.datafree.data_free_student``).
 
     Reconstruction: ``inputs`` inputs, ``steps`` Adam steps at ``reconstruct_lr`` in batches of
-    ``reconstruct_batch_size``, ``objective`` ``"match"`` (the paper's) or ``"deepinversion"``.
+    ``reconstruct_batch_size``, ``objective`` ``"match"`` (the paper's) or ``"deepinversion"``
+    (with ``feature_weight`` on the hidden layers' batch statistics and ``tv_weight`` on the
+    inputs' total variation; unused by ``"match"``).
     The student (prior Normal(0, 1)) is fitted by SVI with the KD term at the record's temperature
     and weight ``kd_weight`` (1: soft labels alone) for ``epochs`` of Adam at ``lr``. The defaults
     are benchmarks/datafree.py's (docs/datafree.md), with 300 reconstruction steps.
@@ -346,6 +348,8 @@ class DataFreeRecipe(_Recipe):
     reconstruct_lr: float = 0.05
     reconstruct_batch_size: int = 1000
     objective: str = "match"
+    feature_weight: float = 1.0
+    tv_weight: float = 1e-3
     epochs: int = 100
     lr: float = 1e-2
     batch_size: int = 128

@@ -155,3 +155,29 @@ def test_adversarial_prior_is_a_distill_method(cache_dir: Path, cnn_run: Path, t
                      "--train-fraction", "0.1", "--no-ood", "--out", str(out), *TINY])
     m = json.loads((out / "metrics.json").read_text())
     assert m["methods"] == ["adversarial_prior"] and m["function_space"]["terms"] == ["adversarial_prior"]
+
+
+def test_datafree_passes_the_deepinversion_weights_to_the_reconstruction(
+        cache_dir: Path, teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bayesdistill.distill.datafree import student as df_student
+
+    seen: list[dict] = []
+    real = df_student.reconstruct
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(df_student, "reconstruct", spy)
+    record = tmp_path / "r.pt"
+    _run(cache_dir, ["record", "--teacher", str(teacher), "--kind", "all", "--out", str(record), *RUN])
+    common = ["--teacher", str(teacher), "--record", str(record), "--hidden", "16", "--inputs", "20", "--steps", "1",
+              "--epochs", "1", *TINY]
+    _run(cache_dir, ["datafree", *common, "--objective", "deepinversion", "--tv-weight", "0.5", "--feature-weight", "2",
+                     "--out", str(tmp_path / "di")])
+    _run(cache_dir, ["datafree", *common, "--out", str(tmp_path / "match")])
+    assert seen[0]["objective"] == "deepinversion"
+    assert (seen[0]["tv_weight"], seen[0]["feature_weight"]) == (0.5, 2.0)
+    assert seen[1]["objective"] == "match" and "tv_weight" not in seen[1]
+    m = json.loads((tmp_path / "di" / "metrics.json").read_text())
+    assert m["reconstruction"]["objective"] == "deepinversion"
