@@ -633,7 +633,8 @@ def merge_runs(payloads: list[dict[str, Any]]) -> dict[str, Any]:
     keys = [(r["dataset"], r["pair"], r["setting"], r["method"], r["seed"]) for r in results]
     if len(set(keys)) != len(keys):
         raise SystemExit("--from-json: the runs overlap (the same data set, pair, setting, method and seed twice)")
-    config = {**first["config"], "datasets": [d for p in payloads for d in p["config"]["datasets"]],
+    datasets = [d for p in payloads for d in p["config"]["datasets"]]
+    config = {**first["config"], "datasets": list(dict.fromkeys(datasets)),  # runs may split one data set
               "command": " & ".join(p["config"]["command"] for p in payloads)}
     merged = {**first, "config": config, "results": results,
               "teachers": [t for p in payloads for t in p["teachers"]],

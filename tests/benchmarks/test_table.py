@@ -93,6 +93,14 @@ def test_quick_run_writes_the_markdown_table_and_the_figure(table, quick_run):
     assert merged["summary"] == table.summarize(sorted(only, key=lambda r: r["dataset"] != "digits"))
     with pytest.raises(SystemExit, match="overlap"):
         table.merge_runs([json.loads((quick_run / "digits.json").read_text())] * 2)
+    # one data set split by label setting over two runs: listed once, each table once
+    mnist = json.loads((quick_run / "mnist1d.json").read_text())
+    halves = [{**mnist, "results": [r for r in mnist["results"] if r["setting"] == s],
+               "teachers": mnist["teachers"] if s == "10%" else []} for s in table.SETTINGS]
+    merged = table.merge_runs(halves)
+    assert merged["config"]["datasets"] == ["mnist1d"]
+    assert sorted(map(json.dumps, merged["summary"])) == sorted(map(json.dumps, table.summarize(mnist["results"])))
+    assert table.markdown(merged).count("### mnist1d, full of the labels") == 1
 
 
 def test_sweep_summary_of_quick_runs(table, quick_run, capsys):
