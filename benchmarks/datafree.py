@@ -5,7 +5,7 @@ Usage::
     python benchmarks/datafree.py                       # seeds 0 1 2, every method
     python benchmarks/datafree.py --quick               # smoke run (< 2 min)
     python benchmarks/datafree.py --from-json benchmarks/results/datafree.json --docs   # tables + figures
-    python benchmarks/datafree.py --teacher cnn --seeds 0 1 2 3 4   # a 1-D CNN teacher instead
+    python benchmarks/datafree.py --teacher cnn --seeds $(seq -s ' ' 0 19)   # a 1-D CNN teacher instead
 
 Per seed s:
 
