@@ -106,10 +106,10 @@ def applies(method: str, teacher: str) -> bool:
     return teacher == "mlp" or METHODS[method][0] not in CHAIN_KINDS
 
 
-def tag(cfg_or_config: Any) -> str:
-    """The file-name suffix of a teacher kind: "" for the MLP (the original runs), "_cnn" otherwise."""
-    teacher = (cfg_or_config.get("teacher", "mlp") if isinstance(cfg_or_config, dict)
-               else getattr(cfg_or_config, "teacher", "mlp"))
+def tag(config: dict[str, Any]) -> str:
+    """The file-name suffix of a run's teacher: "" for the MLP (runs before ``--teacher`` record
+    none), "_cnn" for the CNN."""
+    teacher = config.get("teacher", "mlp")
     return "" if teacher == "mlp" else f"_{teacher}"
 
 
@@ -158,7 +158,7 @@ def transfer_inputs(method: str, seed: int, teacher: bd.BNN, records: dict[str, 
             "teacher_agrees_with_class": float((df.teacher_labels(teacher, r.x, seed=seed) == r.classes)
                                                .float().mean())}
     torch.save({"x": r.x[: cfg.keep], "classes": r.classes[: cfg.keep]},
-               Path(cfg.cache) / inputs_file(method, seed, tag(cfg)))
+               Path(cfg.cache) / inputs_file(method, seed, tag(vars(cfg))))
     return r.x, info
 
 
@@ -391,7 +391,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if cfg.from_json:
         payload = json.loads(Path(cfg.from_json).read_text())
     else:
-        path = Path(cfg.json) if cfg.json else RESULTS / f"datafree{tag(cfg)}.json"
+        path = Path(cfg.json) if cfg.json else RESULTS / f"datafree{tag(vars(cfg))}.json"
         payload = {"config": {k: v for k, v in vars(cfg).items()
                               if k not in ("from_json", "docs", "figures", "resume", "json", "progress")},
                    "machine": machine_info(torch.device("cpu")), "teachers": [], "records": {}, "results": []}
@@ -414,7 +414,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 kind, frac = ("spectral-all", 1.0) if k == "joint" else (k, cfg.spectral_fraction)
                 records[k] = df.record(teacher, data.train, kind=kind, temperature=cfg.temperature,
                                        spectral_fraction=frac, metadata={"dataset": "mnist1d"})
-                p = records[k].save(Path(cfg.cache) / f"record{tag(cfg)}_{k}_seed{seed}.pt")
+                p = records[k].save(Path(cfg.cache) / f"record{tag(vars(cfg))}_{k}_seed{seed}.pt")
                 payload["records"][k] = records[k].num_values()
                 log(f"  record {k}: {records[k].num_values()} numbers, {p.stat().st_size / 1e6:.2f} MB")
             for m in todo:

@@ -42,12 +42,8 @@ def test_datafree_benchmark_with_a_cnn_teacher_runs_without_the_spectral_records
     """``benchmarks/datafree.py --teacher cnn --quick`` (about 15 s): the spectral records, which need
     fully connected layers, are left out rather than failing; the rest runs and names the CNN teacher."""
     bench = _benchmark("datafree")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        assert bench.main(["--quick", "--teacher", "cnn", "--cache", str(tmp_path), "--json",
-                           str(tmp_path / "run.json"), "--figures", str(tmp_path)]) == 0
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    assert bench.main(["--quick", "--teacher", "cnn", "--cache", str(tmp_path), "--json",
+                       str(tmp_path / "run.json"), "--figures", str(tmp_path)]) == 0
     payload = json.loads((tmp_path / "run.json").read_text())
     methods = {r["method"] for r in payload["results"]}
     assert methods == {m for m in bench.METHODS if bench.METHODS[m][0] not in bench.CHAIN_KINDS}
