@@ -206,6 +206,18 @@ def _add_optimization_options(p: argparse.ArgumentParser, d: Any) -> None:
                    help="multiplies KL(q||p) in the objective (< 1: a 'cold' posterior)")
 
 
+def _add_architecture_options(p: argparse.ArgumentParser, who: str, *, channels: Optional[int] = None,
+                              hidden: Optional[tuple[int, ...]] = None) -> None:
+    """``--channels`` (cnn) and ``--hidden`` (mlp) of the network ``who`` builds ("", "students")."""
+    who = f" {who}" if who else ""
+    p.add_argument("--channels", type=_positive_int, default=channels,
+                   help=f"cnn{who}: channels per conv layer" + ("" if channels else " (default: the architecture's own)"
+                                                               + _NO_DEFAULT))
+    p.add_argument("--hidden", type=_int_list, default=hidden,
+                   help=f"mlp{who}: hidden layer widths, comma-separated (e.g. 256,256)"
+                   + ("" if hidden else " (default: 256,256)" + _NO_DEFAULT))
+
+
 def _add_fit(sub: Any) -> None:
     d = ex.TeacherRecipe()
     p = sub.add_parser("fit", help="train a Bayesian teacher by SVI and write its model, metrics and plots",
@@ -227,9 +239,7 @@ def _add_fit(sub: Any) -> None:
     p.add_argument("--local-reparam", nargs="?", const="all", default=False, choices=["all", "linear"],
                    help="local reparameterization (sample pre-activations; lower-variance gradients): "
                    "all Linear/Conv layers (no value or 'all') or Linear layers only ('linear')")
-    p.add_argument("--channels", type=_positive_int, default=d.channels, help="cnn: channels per conv layer")
-    p.add_argument("--hidden", type=_int_list, default=(256, 256),
-                   help="mlp: hidden layer widths, comma-separated (e.g. 256,256)")
+    _add_architecture_options(p, "", channels=d.channels, hidden=(256, 256))
     p.add_argument("--train-fraction", type=_fraction, default=1.0,
                    help="train on this class-balanced fraction of the training set")
     p.add_argument("--monitor", action="store_true",
@@ -323,10 +333,7 @@ def _add_distill(sub: Any) -> None:
     p.add_argument("--probe-size", type=_positive_int, default=None,
                    help="use this many of the teacher's training inputs (a seeded random subset) as the probe "
                    "for alignment (default: all of them)" + _NO_DEFAULT)
-    p.add_argument("--channels", type=_positive_int, default=None,
-                   help="cnn students: channels per conv layer (default: the architecture's own)" + _NO_DEFAULT)
-    p.add_argument("--hidden", type=_int_list, default=None,
-                   help="mlp students: hidden layer widths, comma-separated (default: 256,256)" + _NO_DEFAULT)
+    _add_architecture_options(p, "students")
     p.add_argument("--monitor", action="store_true",
                    help="evaluate both students on the test split after every epoch (students.png)")
     _add_run_options(p)
@@ -407,9 +414,7 @@ def _add_datafree(sub: Any) -> None:
     p.add_argument("--teacher", type=Path, required=True, help="the teacher's model.pt or run folder" + _NO_DEFAULT)
     p.add_argument("--record", type=Path, required=True, help="the teacher's record file" + _NO_DEFAULT)
     p.add_argument("--student", default="mlp", help="student architecture (built-in or package.module:factory)")
-    p.add_argument("--hidden", type=_int_list, default=None,
-                   help="mlp students: hidden widths, comma-separated (default: 256,256)" + _NO_DEFAULT)
-    p.add_argument("--channels", type=_positive_int, default=None, help="cnn students: channels" + _NO_DEFAULT)
+    _add_architecture_options(p, "students")
     p.add_argument("--inputs", type=_positive_int, default=d.inputs, help="inputs to reconstruct")
     p.add_argument("--steps", type=_nonnegative_int, default=d.steps, help="Adam steps of the reconstruction")
     p.add_argument("--objective", choices=OBJECTIVES, default=d.objective,
@@ -434,8 +439,7 @@ def _add_grow(sub: Any) -> None:
                        "plan.json, metrics.json, report.md, history.csv and elbo.png into --out.")
     p.add_argument("--small", type=Path, required=True, help="the small model's model.pt or run folder" + _NO_DEFAULT)
     p.add_argument("--model", required=True, help="the large architecture (cnn, cnn-deep, mlp, ...)" + _NO_DEFAULT)
-    p.add_argument("--hidden", type=_int_list, default=None, help="mlp: hidden widths, comma-separated" + _NO_DEFAULT)
-    p.add_argument("--channels", type=_positive_int, default=None, help="cnn: channels per layer" + _NO_DEFAULT)
+    _add_architecture_options(p, "")
     p.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
                    help="the model factory's keyword arguments" + _NO_DEFAULT)
     p.add_argument("--dataset", default=None, help="data set (default: the small model's)" + _NO_DEFAULT)
