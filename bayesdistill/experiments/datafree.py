@@ -39,10 +39,9 @@ from ..infer import evaluate
 from .factories import architecture_kwargs, build_model, check_model_name, load_dataset
 from .family_reports import datafree_report
 from .model_file import MODEL_FILE_NAME, save_model
-from .progress import Stages
 from .recipes import DataFreeRecipe, RecordRecipe, RunSettings, UncertaintyRecipe
 from .results import Result, live
-from .runs import (ExperimentError, barrier, check_run_folder, environment, is_main, open_run_folder,
+from .runs import (ExperimentError, barrier, check_run_folder, environment, is_main, run_stages, open_run_folder,
                    resolve_device, torch_threads, write_metrics)
 from .steps import check_fits, fit_summary, likelihood_for, load_teacher, lr_schedule, teacher_dataset, write_history
 from .uncertainty import score_networks, uncertainty_step, with_kept
@@ -97,7 +96,7 @@ def record_teacher(out: Union[str, os.PathLike], teacher: Union[str, os.PathLike
         data = load_dataset(name, train_fraction=float(t.get("train_fraction", 1.0)), seed=int(t.get("seed", 0)),
                             kwargs=t.get("dataset_kwargs"), allow_imports=run.allow_imports)
         check_fits(mf, data, "the teacher")
-        stages = Stages(1, "record", quiet=run.quiet or not is_main())
+        stages = run_stages(1, "record", run)
         with stages(f"recording a {recipe.kind} record of {mf.architecture.model} on {len(data.train)} training "
                     f"examples of {name}"):
             rec = record(bnn, data.train, kind=recipe.kind, temperature=recipe.temperature,
@@ -179,7 +178,7 @@ def datafree(
         step = uncertainty_step(name, mf.task, uncertainty, enabled=run.ood, num_samples=run.num_samples,
                                 seed=run.seed)
         main = is_main()
-        stages = Stages(3 + bool(step and step.computes), "datafree", quiet=run.quiet or not main)
+        stages = run_stages(3, "datafree", run, step)
         stages.say(f"datafree: teacher {mf.architecture.model} -> student {student} ({s_bnn.num_weights} Bayesian "
                    f"weights) from a {rec.kind} record ({rec.num_values()} numbers), device {device}, "
                    f"{torch.get_num_threads()} threads")

@@ -18,11 +18,10 @@ from typing import Optional, Union
 from .distill import DISTILL_ARTEFACTS, DistillResult, distill
 from .function_space import FUNCTION_SPACE_ARTEFACTS, FunctionSpaceResult, function_space
 from .model_file import MODEL_FILE_NAME
-from .progress import Stages
 from .recipes import DEMO, DemoRecipe, RunSettings
 from .reports import demo_report
 from .results import Result, live
-from .runs import check_run_folder, is_main, torch_threads
+from .runs import check_run_folder, is_main, run_stages, torch_threads
 from .teacher import TEACHER_ARTEFACTS, TeacherResult, fit_teacher
 
 __all__ = ["DemoResult", "demo", "REPORT_NAME"]
@@ -59,7 +58,7 @@ def demo(out: Union[str, os.PathLike] = "bayesdistill-demo", recipe: DemoRecipe 
     out = Path(out)
     _check_folders(out, run.overwrite)
     run = replace(run, num_samples=recipe.num_samples)
-    stages = Stages(4, "demo", quiet=run.quiet or not is_main())
+    stages = run_stages(4, "demo", run)
     with torch_threads(run.threads):
         with stages(f"the teacher: {recipe.teacher_model} on {recipe.dataset}"):
             teacher = fit_teacher(out / "teacher", recipe.teacher, dataset=recipe.dataset, model=recipe.teacher_model,

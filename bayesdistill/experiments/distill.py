@@ -48,7 +48,7 @@ from .progress import Stages
 from .recipes import (PRIOR_METHOD, PRUNING_PLOT_FRACTIONS, PRUNING_PLOT_MAX_PROBE, DistillRecipe, RunSettings,
                       UncertaintyRecipe)
 from .results import Result, live
-from .runs import (ExperimentError, barrier, check_run_folder, environment, is_main, open_run_folder,
+from .runs import (ExperimentError, barrier, check_run_folder, environment, is_main, run_stages, open_run_folder,
                    resolve_device, torch_threads, write_metrics)
 from .steps import (check_fits, fit_summary, has_term_metric, likelihood_for, likelihood_name, load_teacher,
                     lr_schedule, probe_inputs, teacher_dataset, term_summary, write_history)
@@ -513,8 +513,7 @@ def distill(
         s = _prepare(teacher, student, methods, dataset, student_kwargs, channels, hidden, dataset_kwargs,
                      train_fraction, transfer, pairs, uncertainty, run)
         main = is_main()
-        stages = Stages(4 + 2 * s.use_prior + bool(s.uncertainty and s.uncertainty.computes), "distill",
-                        quiet=run.quiet or not main)
+        stages = run_stages(4 + 2 * s.use_prior, "distill", run, s.uncertainty)
         stages.say(f"distill: teacher {s.teacher_model} ({s.teacher.num_weights} Bayesian weights) -> student "
                    f"{s.student} on {s.data.name} ({len(s.data.train)} train / {len(s.data.test)} test), method "
                    f"{','.join(s.methods)}" + (f", transfer {s.transfer} unlabelled inputs" if s.transfer else "")

@@ -31,7 +31,8 @@ from .factories import build_model, load_dataset
 from .progress import Stages
 from .recipes import FunctionSpaceRecipe, RunSettings, UncertaintyRecipe
 from .results import Result, live
-from .runs import barrier, check_run_folder, environment, is_main, resolve_device, torch_threads, write_metrics
+from .runs import (barrier, check_run_folder, environment, is_main, resolve_device, run_stages, torch_threads,
+                   write_metrics)
 from .steps import (check_fits, fit_summary, has_term_metric, likelihood_for, load_teacher, lr_schedule,
                     term_summary, write_history)
 from .uncertainty import UncertaintyResult, score_networks, uncertainty_step, with_kept
@@ -169,8 +170,7 @@ def function_space(
         step = uncertainty_step(mf.dataset or data.name, data.task, uncertainty, enabled=run.ood,
                                 num_samples=run.num_samples, seed=run.seed)
         main = is_main()
-        stages = Stages(len(recipe.variants) + 2 + bool(step and step.computes), "function space",
-                        quiet=run.quiet or not main)
+        stages = run_stages(len(recipe.variants) + 2, "function space", run, step)
         t_model = mf.architecture.model
         stages.say(f"function space: teacher {t_model} -> Bayesian {recipe.student} students on {len(data.train)} "
                    f"training examples, {recipe.epochs} epochs each: {', '.join(n for n, _ in recipe.variants)}")

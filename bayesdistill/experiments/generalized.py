@@ -33,10 +33,9 @@ from .._version import __version__
 from ..datasets import PRIVILEGED_EXPERIMENTS, load
 from ..distill.generalized import ROLES, generalized_distillation
 from .family_reports import generalized_report
-from .progress import Stages
 from .recipes import GeneralizedRecipe, RunSettings, UncertaintyRecipe
 from .results import Result, live
-from .runs import (ExperimentError, barrier, check_run_folder, environment, is_main, open_run_folder,
+from .runs import (ExperimentError, barrier, check_run_folder, environment, is_main, run_stages, open_run_folder,
                    resolve_device, torch_threads, write_metrics)
 from .steps import lr_schedule
 from .uncertainty import uncertainty_step
@@ -153,7 +152,7 @@ def generalized(
     with torch_threads(run.threads):
         device = resolve_device(run.device)
         main = is_main()
-        stages = Stages(len(recipe.seeds) + 1, "generalized", quiet=run.quiet or not main)
+        stages = run_stages(len(recipe.seeds) + 1, "generalized", run)
         stages.say(f"generalized: {name}, seeds {', '.join(map(str, recipe.seeds))}, T={recipe.temperature:g}, "
                    f"lambda={recipe.imitation:g}, {recipe.epochs} epochs, device {device}, "
                    f"{torch.get_num_threads()} threads")

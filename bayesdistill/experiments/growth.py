@@ -39,11 +39,10 @@ from ..infer import FitResult, evaluate, fit
 from .factories import architecture_kwargs, build_model, check_dataset_name, check_model_name, is_import_path, load_dataset
 from .family_reports import grow_report
 from .model_file import MODEL_FILE_NAME, save_model
-from .progress import Stages
 from .recipes import GrowRecipe, RunSettings, UncertaintyRecipe
 from .results import Result, live
-from .runs import (barrier, check_run_folder, environment, is_main, open_run_folder, resolve_device, torch_threads,
-                   write_metrics)
+from .runs import (barrier, check_run_folder, environment, is_main, open_run_folder, resolve_device, run_stages,
+                   torch_threads, write_metrics)
 from .steps import fit_summary, likelihood_for, load_teacher, lr_schedule, teacher_dataset, write_history
 from .uncertainty import score_networks, uncertainty_step
 
@@ -142,7 +141,7 @@ def grow(
         step = uncertainty_step(shown, data.task, uncertainty, enabled=run.ood, num_samples=run.num_samples,
                                 seed=run.seed)
         main = is_main()
-        stages = Stages(3 + compare + bool(step and step.computes), "grow", quiet=run.quiet or not main)
+        stages = run_stages(3 + compare, "grow", run, step)
         stages.say(f"grow: {mf.architecture.model} ({s_bnn.num_weights} Bayesian weights) -> {model} "
                    f"({grown.num_weights}) by {recipe.mode} on {data.name} ({n} train / {len(data.test)} test), "
                    f"device {device}, {torch.get_num_threads()} threads")

@@ -18,7 +18,7 @@ import platform
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
@@ -28,8 +28,12 @@ from ..errors import BayesDistillError, RunExistsError
 from ..infer import distributed
 from ..infer.checkpoint import CHECKPOINT_NAME
 
+if TYPE_CHECKING:
+    from .progress import Stages
+
 __all__ = [
     "ExperimentError",
+    "run_stages",
     "resolve_device",
     "check_run_folder",
     "clear_artefacts",
@@ -149,6 +153,14 @@ def is_main() -> bool:
     """Whether this process writes the run's files (rank 0, or the only process)."""
     group = distributed.current()
     return group is None or group.is_main
+
+
+def run_stages(total: int, label: str, run: Any, step: Any = None) -> "Stages":
+    """A pipeline's stage counter: ``total`` stages, plus one when the uncertainty ``step`` computes;
+    silent with ``run.quiet`` and on every process but rank 0."""
+    from .progress import Stages
+
+    return Stages(total + bool(step is not None and step.computes), label, quiet=run.quiet or not is_main())
 
 
 def barrier() -> None:

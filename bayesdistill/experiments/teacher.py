@@ -34,10 +34,9 @@ from ..infer import FitResult, evaluate, fit
 from .factories import (architecture_kwargs, build_model, check_dataset_name, check_model_name, is_import_path,
                         load_dataset)
 from .model_file import MODEL_FILE_NAME, POSTERIOR_FILE_NAME, save_model
-from .progress import Stages
 from .recipes import RunSettings, TeacherRecipe, UncertaintyRecipe
 from .results import Result, live
-from .runs import (CHECKPOINT_FOLDER, barrier, check_run_folder, environment, is_main, open_run_folder,
+from .runs import (CHECKPOINT_FOLDER, barrier, check_run_folder, environment, is_main, run_stages, open_run_folder,
                    resolve_device, torch_threads, write_metrics)
 from .steps import fit_summary, likelihood_for, likelihood_name, lr_schedule, write_history
 from .uncertainty import UncertaintyResult, score_networks, uncertainty_step
@@ -205,7 +204,7 @@ def fit_teacher(
         step = uncertainty_step(t.dataset, t.data.task, uncertainty, enabled=run.ood, num_samples=run.num_samples,
                                 seed=run.seed)
         main = is_main()
-        stages = Stages(3 + bool(step and step.computes), "fit", quiet=run.quiet or not main)
+        stages = run_stages(3, "fit", run, step)
         stages.say(f"fit: {model} ({t.bnn.num_weights} Bayesian weights) on {t.data.name} ({len(t.data.train)} "
                    f"train / {len(t.data.test)} test, {t.data.task}), device {t.device}, "
                    f"{torch.get_num_threads()} threads")
