@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+import scipy.optimize
+import scipy.special
 import scipy.stats
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ from bayesdistill.diagnostics.metrics import (
     calibration_curve,
     classification_metrics,
     expected_calibration_error,
+    fit_temperature,
     regression_metrics,
 )
 
@@ -403,3 +406,48 @@ def test_regression_errors():
         regression_metrics(bad, y, 1.0)
     with pytest.raises(ValueError, match="non-finite"):
         regression_metrics(mu, torch.full((5, 2), float("inf")), 1.0)
+
+
+# --------------------------------------------------------------------------- #
+# fit_temperature (temperature scaling)
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("true_t", [0.4, 1.0, 3.0])
+def test_fit_temperature_is_the_nll_minimizer_of_a_brute_force_scan(true_t):
+    g = torch.Generator().manual_seed(1)
+    z = 2 * torch.randn(3000, 5, generator=g, dtype=torch.float64)
+    y = torch.multinomial((z / true_t).softmax(-1), 1, generator=g).squeeze(1)
+    tau = fit_temperature(z, y)
+    # independently: scipy's bounded scalar minimizer of the NLL of softmax(z / t) over log t
+    zn, yn = z.numpy(), y.numpy()
+
+    def nll(log_t: float) -> float:
+        t = math.exp(log_t)
+        return float(np.mean(scipy.special.logsumexp(zn / t, axis=1) - zn[np.arange(len(yn)), yn] / t))
+
+    best = math.exp(scipy.optimize.minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded",
+                                                   options={"xatol": 1e-9}).x)
+    assert tau == pytest.approx(best, rel=1e-5)
+    assert tau == pytest.approx(true_t, rel=0.15)  # the labels' own temperature, recovered
+
+
+def test_fit_temperature_returns_the_bound_where_the_nll_keeps_falling():
+    z = torch.tensor([[5.0, 0.0], [0.0, 5.0], [4.0, 1.0]])
+    y = torch.tensor([0, 1, 0])  # every label ranked first: sharper is always better
+    assert fit_temperature(z, y) == 0.05
+    assert fit_temperature(z, y, bounds=(0.5, 4.0)) == 0.5
+    # every label ranked last: the flattest softmax in range
+    assert fit_temperature(z, torch.tensor([1, 0, 1])) == 20.0
+
+
+def test_fit_temperature_rejects_bad_input():
+    z, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match=r"shape \[N, C\]"):
+        fit_temperature(z[0], y)
+    with pytest.raises(ValueError, match=r"targets` has shape \(3,\), expected \(4,\)"):
+        fit_temperature(z, y[:3])
+    with pytest.raises(ValueError, match="must lie in"):
+        fit_temperature(z, torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="non-finite"):
+        fit_temperature(torch.full((4, 3), float("nan")), y)
+    with pytest.raises(ValueError, match="0 < lowest < highest"):
+        fit_temperature(z, y, bounds=(2.0, 1.0))

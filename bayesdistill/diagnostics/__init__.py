@@ -1,7 +1,8 @@
 """Diagnostics: predictive metrics, result objects computed from models and data, and plots.
 
 - metrics (pure tensor functions): :func:`classification_metrics`, :func:`regression_metrics`,
-  :func:`expected_calibration_error`, :func:`calibration_curve`;
+  :func:`expected_calibration_error`, :func:`calibration_curve`, :func:`fit_temperature`
+  (temperature scaling);
 - results: :func:`calibration` -> :class:`CalibrationResult` (reliability curve and ECE, or
   predictive-interval coverage); :func:`cosine_distances` -> :class:`CosineDistances` (same- vs
   different-class pairs per model, with :class:`ModelDistances` and :func:`separation_auc`);
@@ -16,7 +17,13 @@
 
 from . import plots
 from .calibration import CalibrationResult, calibration
-from .metrics import calibration_curve, classification_metrics, expected_calibration_error, regression_metrics
+from .metrics import (
+    calibration_curve,
+    classification_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    regression_metrics,
+)
 from .representations import CosineDistances, ModelDistances, cosine_distances, separation_auc
 from .uncertainty import (
     SCORES,
@@ -38,6 +45,7 @@ __all__ = [
     "regression_metrics",
     "expected_calibration_error",
     "calibration_curve",
+    "fit_temperature",
     "calibration",
     "CalibrationResult",
     "cosine_distances",

@@ -5,7 +5,9 @@ from ..infer.metrics import (  # noqa: F401
     calibration_curve,
     classification_metrics,
     expected_calibration_error,
+    fit_temperature,
     regression_metrics,
 )
 
-__all__ = ["calibration_curve", "classification_metrics", "expected_calibration_error", "regression_metrics"]
+__all__ = ["calibration_curve", "classification_metrics", "expected_calibration_error", "fit_temperature",
+           "regression_metrics"]

@@ -31,6 +31,7 @@ __all__ = [
     "expected_calibration_error",
     "calibration_curve",
     "regression_metrics",
+    "fit_temperature",
 ]
 
 # Tolerance used when validating user-supplied probabilities (range and row sums).
@@ -441,3 +442,65 @@ def regression_metrics(mean_samples: Tensor, targets: Tensor, noise_scale: Tenso
     out: dict[str, float] = dict(zip(keys, (float(v) for v in values)))
     out["num_samples"] = s
     return out
+
+
+# --------------------------------------------------------------------------- #
+# temperature scaling
+# --------------------------------------------------------------------------- #
+#: The range of temperatures :func:`fit_temperature` searches (both ends included).
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+@torch.no_grad()
+def fit_temperature(logits: Tensor, targets: Tensor, bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+                    iterations: int = 60) -> float:
+    r"""Temperature scaling (Guo, Pleiss, Sun & Weinberger 2017): the temperature ``tau`` in
+    ``bounds`` that minimizes the mean NLL of ``softmax(logits / tau)`` against ``targets``.
+
+    The mean NLL ``L(b) = mean_i [logsumexp(b z_i) - b z_{i, y_i}]`` is convex in the inverse
+    temperature ``b = 1 / tau``, with derivative ``mean_i [E_{softmax(b z_i)}[z_i] - z_{i, y_i}]``
+    (increasing in ``b``); the minimizer is found by bisection on that derivative over
+    ``[1 / bounds[1], 1 / bounds[0]]``, so the result is deterministic and needs no learning rate.
+    When the NLL still falls at an end of the range (e.g. logits that rank every target first:
+    the NLL decreases without bound as ``tau -> 0``) that end is returned.
+
+    Args:
+        logits: ``[N, C]`` unnormalized log-probabilities of one network (not posterior samples).
+        targets: ``[N]`` integer class indices in ``[0, C)``.
+        bounds: ``(lowest, highest)`` temperature, ``0 < lowest < highest``.
+        iterations: bisection steps (60 halve the range to float64 precision).
+
+    Returns:
+        The temperature (a Python float, ``> 0``; 1 leaves the logits as they are).
+
+    Raises:
+        ValueError: bad shapes, non-finite logits, labels out of range, bad bounds.
+    """
+    logits = _check_tensor(logits, "logits")
+    _check_floating(logits, "logits")
+    if logits.dim() != 2 or logits.shape[0] == 0:
+        raise ValueError(f"`logits` must have shape [N, C] with N >= 1, got {tuple(logits.shape)}")
+    _check_finite(logits, "logits")
+    targets = _check_class_targets(targets, logits.shape[0], logits.shape[1]).to(logits.device)
+    lo_t, hi_t = (float(b) for b in bounds)
+    if not (math.isfinite(lo_t) and math.isfinite(hi_t) and 0 < lo_t < hi_t):
+        raise ValueError(f"`bounds` must be (lowest, highest) temperatures with 0 < lowest < highest, got {bounds!r}")
+    z = logits.double()
+    z_y = z.gather(1, targets[:, None]).squeeze(1)
+
+    def slope(b: Tensor) -> Tensor:  # dL/db at inverse temperature b
+        return ((b * z).softmax(-1) * z).sum(-1).sub(z_y).mean()
+
+    lo = torch.tensor(1.0 / hi_t, dtype=torch.float64, device=z.device)
+    hi = torch.tensor(1.0 / lo_t, dtype=torch.float64, device=z.device)
+    ends = torch.stack([slope(lo), slope(hi)]).tolist()
+    if ends[0] >= 0:  # the NLL rises from the lowest b on: the highest temperature
+        return hi_t
+    if ends[1] <= 0:  # still falling at the highest b: the lowest temperature
+        return lo_t
+    for _ in range(iterations):  # on the device; one host sync at the end
+        mid = (lo + hi) / 2
+        rising = slope(mid) > 0
+        hi = torch.where(rising, mid, hi)
+        lo = torch.where(rising, lo, mid)
+    return float(2.0 / (lo + hi))

@@ -127,6 +127,10 @@ class Term(nn.Module):
     def setup(self, s_out: Tensor, s_feats: Mapping[str, Tensor], r_out: Any, r_feats: Mapping[str, Tensor]) -> None:
         """Build shape-dependent parts (projections, regressors) from a probe batch; default none."""
 
+    def setup_targets(self, y: Tensor, s_out: Tensor, r_out: Any) -> None:
+        """Fit what depends on the probe batch's labels ``y`` (e.g. :class:`~bayesdistill.distill.KD`'s
+        teacher temperature); called after :meth:`setup` when the probe batch is labelled. Default none."""
+
     def log_factor(self, s_out: Tensor, s_feats: Mapping[str, Tensor], r_out: Any,
                    r_feats: Mapping[str, Tensor]) -> Tensor:
         """Per-example log-factor ``[B]`` (nats) before the weight."""
@@ -216,7 +220,8 @@ class Objective:
     @torch.no_grad()
     def setup(self, batch: Any) -> None:
         """Build the terms' shape-dependent modules from a probe batch (up to ~1024 examples):
-        a :class:`~bayesdistill.infer.Batch` or the network's input tensor."""
+        a :class:`~bayesdistill.infer.Batch` or the network's input tensor. With labels
+        (``batch.y``) the terms also fit what depends on them (:meth:`Term.setup_targets`)."""
         if not isinstance(batch, Batch):
             batch = Batch(batch)
         bnn = self.bnn
@@ -230,7 +235,10 @@ class Objective:
             bnn.train(was)
         refs = self._references(batch)
         for t in self.terms:
-            t.setup(s_out, s_feats, *self._reference_of(refs, t))
+            r_out, r_feats = self._reference_of(refs, t)
+            t.setup(s_out, s_feats, r_out, r_feats)
+            if batch.y is not None:
+                t.setup_targets(batch.y, s_out, r_out)
 
     def model(self, x: Any, y: Optional[Tensor] = None, size: Optional[int] = None,
               side: Optional[Mapping[str, Any]] = None) -> Tensor:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+import warnings
+from collections.abc import Mapping
+from typing import Any, Optional, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...bnn.network import BNN
+from ...infer.metrics import fit_temperature
 from .base import DistillTerm
 from .registry import TermOption, register_term
 
-__all__ = ["KD"]
+__all__ = ["KD", "CALIBRATIONS"]
+
+#: ``KD(calibration=...)``: ``"temperature"`` (the teacher's logits temperature-scaled on the
+#: labelled probe batch) or ``"none"`` (the teacher's softmax as it is, Hinton et al.)
+CALIBRATIONS = ("temperature", "none")
 
 
 @register_term(
@@ -23,8 +31,12 @@ __all__ = ["KD"]
         TermOption("temperature", float, 1.0, "softmax temperature T", range="(0, inf)"),
         TermOption("weight", float, 0.5, "weight a of the KD term (the teacher's share of each example's label); "
                    "the likelihood is scaled by 1 - a", range="(0, 1]"),
+        TermOption("calibration", str, "temperature", "the teacher's soft labels: 'temperature' scales the "
+                   "teacher's logits to fit the training labels (temperature scaling on the probe batch), "
+                   "'none' uses them as they are", choices=CALIBRATIONS),
     ],
-    build=lambda teacher, pairs, temperature, weight: [KD(teacher, temperature=temperature, weight=weight)],
+    build=lambda teacher, pairs, temperature, weight, calibration: [
+        KD(teacher, temperature=temperature, weight=weight, calibration=calibration)],
     tasks=("classification",),
 )
 class KD(DistillTerm):
@@ -46,27 +58,95 @@ class KD(DistillTerm):
     a = 0.9 (RepDistiller's setting, and this package's defaults before) the Bayesian students of
     ``benchmarks/table.py`` on MNIST-1D became over-confident, with a higher NLL and ECE than the
     plain student, and T = 2 did the same; T = 1 did not (docs/function-space.md, "Weights").
+
+    **The teacher's calibration** (``calibration="temperature"``, the default). "Calibrated if the
+    teacher is" matters: a mean-field teacher is often under-confident, and its soft labels then
+    pull the student's confidence down (on MNIST-1D the table's KD student was less confident
+    than its accuracy warranted, beyond the plain student's ECE). So before training the
+    teacher's logits are temperature-scaled (Guo et al. 2017) on the labelled probe batch (the
+    first ~1024 training examples, :meth:`~bayesdistill.infer.Objective.setup`): the soft label
+    is ``softmax(z_t / (tau T))`` with ``tau`` = :func:`~bayesdistill.diagnostics.fit_temperature`
+    of the teacher's logits against the labels, within [0.05, 20]. ``tau`` is fitted on data the
+    teacher may have been trained on: where the teacher fits them perfectly ``tau`` goes to its
+    lower end and the soft labels to the labels (KD then approaches the plain likelihood: neutral,
+    never worse than its labels). ``calibration="none"`` uses the teacher's softmax as it is
+    (Hinton et al.'s KD). The fitted ``tau`` is :attr:`teacher_temperature` (1 before it is
+    fitted, e.g. when the probe batch holds no labels: a warning says so), part of the term's
+    state (checkpointed with its weight).
+
+    Args:
+        teacher: the teacher (a :class:`~bayesdistill.BNN` or a plain ``nn.Module``) with logits
+            ``[B, C]``.
+        temperature: T > 0.
+        weight: a in [0, 1], the teacher's share of each example's label.
+        teacher_mode: ``"mean"`` (the posterior-mean network) or ``"sample"`` (one posterior draw
+            per step).
+        calibration: one of :data:`CALIBRATIONS`, ``"temperature"`` or ``"none"``.
+        name: the term's name.
     """
 
     def __init__(self, teacher: Union[BNN, nn.Module], temperature: float = 1.0, weight: float = 0.5,
-                 teacher_mode: str = "mean", *, name: Optional[str] = None):
+                 teacher_mode: str = "mean", *, calibration: str = "temperature", name: Optional[str] = None):
         if not 0 <= weight <= 1:
             raise ValueError(f"KD: weight (alpha) must lie in [0, 1], got {weight}")
         if not temperature > 0:
             raise ValueError(f"KD: temperature must be > 0, got {temperature}")
+        if calibration not in CALIBRATIONS:
+            raise ValueError(f"KD: calibration must be one of {', '.join(map(repr, CALIBRATIONS))}, got {calibration!r}")
         super().__init__(teacher, weight, name or "kd", teacher_mode)
         self.temperature = float(temperature)
+        self.calibration = calibration
+        self.teacher_temperature = 1.0
+        self._calibrated = calibration == "none"  # nothing to fit
+        self._warned = False
 
     @property
     def likelihood_weight(self) -> float:  # type: ignore[override]
         """1 - a: follows ``weight`` when a schedule changes it."""
         return 1.0 - self.weight
 
+    # -- state: the fitted teacher temperature is checkpointed with the weight ----------------
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "teacher_temperature": self.teacher_temperature,
+                "calibrated": self._calibrated}
+
+    def set_extra_state(self, state: Mapping[str, Any]) -> None:
+        super().set_extra_state(state)
+        if "teacher_temperature" in state:  # states saved before calibration existed hold none
+            self.teacher_temperature = float(state["teacher_temperature"])
+            self._calibrated = bool(state["calibrated"])
+
+    def setup_targets(self, y: Tensor, s_out: Tensor, r_out: Any) -> None:
+        """Fit :attr:`teacher_temperature` to the probe batch's labels ``y`` ``[N]`` (class
+        indices) from the teacher's logits ``r_out`` ``[N, C]``; the same on every process of a
+        distributed run (rank 0's). Labels that are not class indices of the teacher's classes
+        leave the teacher as it is, with a warning."""
+        if self.calibration == "none":
+            return
+        if not (torch.is_tensor(r_out) and r_out.dim() == 2 and torch.is_tensor(y) and not y.is_floating_point()
+                and tuple(y.shape) == (r_out.shape[0],)):
+            what = f"labels of shape {tuple(y.shape)} and dtype {y.dtype}" if torch.is_tensor(y) else f"labels {type(y).__name__}"
+            warnings.warn(f"{self.name}: cannot calibrate the teacher's soft labels on {what} (expected class indices "
+                          f"[N] for teacher logits [N, C]); using its logits as they are (calibration='none' "
+                          "silences this)", stacklevel=2)
+            self._warned = True
+            return
+        tau = torch.tensor(fit_temperature(r_out, y), dtype=torch.float64, device=r_out.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(tau, src=0)
+        self.teacher_temperature = float(tau)
+        self._calibrated = True
+
     def log_factor(self, s_out, s_feats, t_out, t_feats) -> Tensor:
         if s_out.shape != t_out.shape:
             raise ValueError(f"KD needs student and teacher logits of the same shape; got {tuple(s_out.shape)} and {tuple(t_out.shape)}")
+        if not self._calibrated and not self._warned:
+            warnings.warn(f"{self.name}: the teacher's soft labels were not calibrated (no labelled probe batch "
+                          "reached Objective.setup); using its logits as they are. Set up the objective with a "
+                          "labelled batch, or pass calibration='none'", stacklevel=2)
+            self._warned = True
         T = self.temperature
-        log_p_t = F.log_softmax(t_out / T, dim=-1)
+        log_p_t = F.log_softmax(t_out / (T * self.teacher_temperature), dim=-1)
         log_p_s = F.log_softmax(s_out / T, dim=-1)
         kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
         return -(T * T) * kl

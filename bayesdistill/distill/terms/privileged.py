@@ -70,6 +70,9 @@ class PrivilegedKD(KD):
             batch when given. Without it the teacher's own forward pass is the check.
         teacher_mode: ``"mean"`` (the posterior-mean network) or ``"sample"`` (one posterior draw
             per step: the teacher's posterior predictive in expectation).
+        calibration: ``"none"`` (default: the paper's soft labels ``softmax(f_t(x*) / T)`` as
+            they are) or ``"temperature"`` (temperature-scaled on the labelled probe batch, as
+            :class:`~bayesdistill.distill.KD`'s default).
         name: the term's name (default ``"privileged_kd"``).
 
     Raises (before training, when the objective is set up on the first batch, and on any later
@@ -80,14 +83,15 @@ class PrivilegedKD(KD):
     """
 
     def __init__(self, teacher: Union[BNN, nn.Module], temperature: float = 1.0, weight: float = 1.0,
-                 teacher_mode: str = "mean", *, name: Optional[str] = None, key: str = "privileged",
+                 teacher_mode: str = "mean", *, calibration: str = "none", name: Optional[str] = None,
+                 key: str = "privileged",
                  index: int = 0, privileged_shape: Optional[Sequence[int]] = None):
         if not isinstance(key, str) or not key:
             raise TypeError(f"PrivilegedKD: key must be a non-empty str (a side input's name), got {key!r}")
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise ValueError(f"PrivilegedKD: index must be an int >= 0, got {index!r}")
         super().__init__(teacher, temperature=temperature, weight=weight, teacher_mode=teacher_mode,
-                         name=name or "privileged_kd")
+                         calibration=calibration, name=name or "privileged_kd")
         self.key, self.index = key, index
         self.privileged_shape = None if privileged_shape is None else tuple(int(d) for d in privileged_shape)
 

@@ -4,6 +4,7 @@ of the likelihood and of the term's site, transfer batches, and a weight schedul
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ def test_kd_log_factor_is_the_hinton_closed_form():
     g = torch.Generator().manual_seed(0)
     zs, zt = 3 * torch.randn(5, 4, generator=g), 3 * torch.randn(5, 4, generator=g)
     temp = 2.5
-    kd = KD(nn.Identity(), temperature=temp, weight=0.3)
+    kd = KD(nn.Identity(), temperature=temp, weight=0.3, calibration="none")
     lf = kd.log_factor(zs, {}, zt, {})
     ref = -(temp**2) * td.kl_divergence(td.Categorical(logits=zt / temp), td.Categorical(logits=zs / temp))
     assert lf.shape == (5,)
@@ -33,7 +34,7 @@ def test_kd_log_factor_is_the_hinton_closed_form():
     assert (lf < 0).all()
     assert torch.equal(kd.log_factor(zt, {}, zt, {}), torch.zeros(5))
     # the temperature matters: T = 1 gives a different value
-    assert not torch.allclose(KD(nn.Identity(), temperature=1.0).log_factor(zs, {}, zt, {}), lf)
+    assert not torch.allclose(KD(nn.Identity(), temperature=1.0, calibration="none").log_factor(zs, {}, zt, {}), lf)
     with pytest.raises(ValueError, match="same shape"):
         kd.log_factor(zs, {}, zt[:, :3], {})
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
@@ -49,7 +50,7 @@ def test_kd_weight_scales_likelihood_and_factor_sites(a):
     x, y = toy_classification(b)
     teacher = tiny_mlp(hidden=8, seed=1)
     student = bd.BNN(tiny_mlp(seed=2), dataset_size=n)
-    kd = KD(teacher, temperature=temp, weight=a)
+    kd = KD(teacher, temperature=temp, weight=a, calibration="none")
     assert kd.likelihood_weight == pytest.approx(1 - a)
     obj = DistillObjective(student, [kd])
     assert obj.likelihood_weight == pytest.approx(1 - a)
@@ -87,7 +88,7 @@ def test_transfer_batch_has_no_likelihood_and_its_own_plate_size():
     g = torch.Generator().manual_seed(9)
     xt = torch.randn(b, 4, generator=g)
     student = bd.BNN(tiny_mlp(seed=2), dataset_size=n)
-    obj = DistillObjective(student, [KD(tiny_mlp(hidden=8, seed=1), weight=0.5)])
+    obj = DistillObjective(student, [KD(tiny_mlp(hidden=8, seed=1), weight=0.5, calibration="none")])
     trace = poutine.trace(obj.model).get_trace(xt, None, n_t)
     assert "obs" not in trace.nodes
     assert trace.nodes["distill"]["fn"].size == n_t
@@ -117,12 +118,16 @@ def test_fit_with_transfer_uses_the_transfer_set_size():
     teacher = tiny_mlp(hidden=8, seed=1)
     still = bd.BNN(tiny_mlp(seed=2), dataset_size=n, init_scale=1e-7)
     xt32 = xt[:32]
-    r = bd.fit(still, (x, y), epochs=1, batch_size=b, lr=1e-10, seed=1, progress=False,
-               distill=[KD(teacher, temperature=4.0, weight=0.5)], transfer=xt32)
+    kd = KD(teacher, temperature=4.0, weight=0.5)
+    r = bd.fit(still, (x, y), epochs=1, batch_size=b, lr=1e-10, seed=1, progress=False, distill=[kd], transfer=xt32)
     with torch.no_grad():
+        # the teacher's soft labels are temperature-scaled on the labelled probe batch (all 32 here)
+        tau = bd.diagnostics.fit_temperature(teacher(x), y)
+        assert kd.teacher_temperature == pytest.approx(tau, rel=1e-6) and tau != pytest.approx(1.0, abs=1e-3)
+
         def kd_loss(inp):
             zs, zt = still(inp), teacher(inp)
-            return (16.0 * td.kl_divergence(td.Categorical(logits=zt / 4), td.Categorical(logits=zs / 4))).mean()
+            return (16.0 * td.kl_divergence(td.Categorical(logits=zt / (4 * tau)), td.Categorical(logits=zs / 4))).mean()
 
         expected = 0.5 * (float(kd_loss(x)) + float(kd_loss(xt32)))
     assert r.history[0]["distill/kd/loss"] == pytest.approx(expected, rel=1e-4)
@@ -158,7 +163,7 @@ def test_term_weights_changed_by_a_callback_resume_exactly(tmp_path):
         return student, kd
 
     kd = KD(teacher, weight=0.3)
-    assert kd.state_dict()["_extra_state"] == {"weight": 0.3}
+    assert kd.state_dict()["_extra_state"] == {"weight": 0.3, "teacher_temperature": 1.0, "calibrated": False}
     obj = DistillObjective(bd.BNN(tiny_mlp(seed=2), dataset_size=32), [kd])
     kd.weight = 0.6  # the likelihood's 1 - a follows a changed weight
     assert kd.likelihood_weight == obj.likelihood_weight == pytest.approx(0.4)
@@ -173,10 +178,86 @@ def test_kd_defaults_are_one_label_shared_with_the_teachers_soft_label():
     """At its defaults (T = 1, a = 0.5) KD's log-factor is the student's expected log-likelihood of
     a label drawn from the teacher's predictive distribution, plus the teacher's entropy
     (torch.distributions), and the likelihood keeps 1 - a: one label's worth per example."""
-    kd = KD(nn.Identity())
+    kd = KD(nn.Identity(), calibration="none")
     assert (kd.temperature, kd.weight, kd.likelihood_weight) == (1.0, 0.5, 0.5)
     g = torch.Generator().manual_seed(0)
     zs, zt = torch.randn(6, 4, generator=g), 3 * torch.randn(6, 4, generator=g)
     p_t, p_s = torch.distributions.Categorical(logits=zt), torch.distributions.Categorical(logits=zs)
     expected = (p_t.probs * p_s.logits).sum(-1) + p_t.entropy()
     torch.testing.assert_close(kd.log_factor(zs, {}, zt, {}), expected)
+
+
+def _tempered_labels(n: int, true_temperature: float, seed: int = 0):
+    """Inputs, the logits of an nn.Linear teacher and labels drawn from softmax(logits / T*)."""
+    g = torch.Generator().manual_seed(seed)
+    teacher = nn.Linear(4, 3)
+    with torch.no_grad():
+        teacher.weight.copy_(3 * torch.randn(3, 4, generator=g))
+        teacher.bias.zero_()
+    x = torch.randn(n, 4, generator=g)
+    with torch.no_grad():
+        z = teacher(x)
+    y = torch.distributions.Categorical(logits=z / true_temperature).sample()
+    return teacher, x, y, z
+
+
+def test_kd_calibrates_the_teachers_soft_labels_on_the_labelled_probe_batch():
+    """The default: tau = fit_temperature(teacher logits, labels) on the probe batch, and the soft
+    label is softmax(z_t / (tau T)) (closed form against torch.distributions)."""
+    torch.manual_seed(0)
+    teacher, x, y, z = _tempered_labels(2000, true_temperature=2.5)
+    student = bd.BNN(nn.Linear(4, 3), dataset_size=len(x))
+    kd = KD(teacher, temperature=2.0)
+    assert kd.calibration == "temperature" and kd.teacher_temperature == 1.0
+    DistillObjective(student, [kd]).setup(bd.infer.Batch(x, y))
+    tau = bd.diagnostics.fit_temperature(z, y)
+    assert kd.teacher_temperature == pytest.approx(tau, rel=1e-9)
+    assert kd.teacher_temperature == pytest.approx(2.5, rel=0.15)  # the labels' own temperature, recovered
+    zs = torch.randn(6, 3)
+    p_t, p_s = td.Categorical(logits=z[:6] / (2.0 * tau)), td.Categorical(logits=zs / 2.0)
+    torch.testing.assert_close(kd.log_factor(zs, {}, z[:6], {}), -4.0 * td.kl_divergence(p_t, p_s))
+    # the fitted temperature is state: it survives a state dict round trip (a resumed run)
+    again = KD(teacher, temperature=2.0)
+    again.load_state_dict(kd.state_dict())
+    assert again.teacher_temperature == kd.teacher_temperature
+
+
+def test_kd_without_calibration_or_labels_keeps_the_teacher_as_it_is():
+    teacher, x, y, z = _tempered_labels(200, true_temperature=2.5)
+    student = bd.BNN(nn.Linear(4, 3), dataset_size=len(x))
+    plain = KD(teacher, calibration="none")
+    DistillObjective(student, [plain]).setup(bd.infer.Batch(x, y))
+    assert plain.teacher_temperature == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: nothing was asked to be calibrated
+        plain.log_factor(z[:3], {}, z[:3], {})
+    # inputs only: no labels to calibrate on; the first use says so, once
+    unlabelled = KD(teacher)
+    DistillObjective(student, [unlabelled]).setup(x)
+    assert unlabelled.teacher_temperature == 1.0
+    with pytest.warns(UserWarning, match="not calibrated"):
+        unlabelled.log_factor(z[:3], {}, z[:3], {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unlabelled.log_factor(z[:3], {}, z[:3], {})
+    # labels that are not class indices: a warning naming them, the teacher as it is
+    odd = KD(teacher)
+    with pytest.warns(UserWarning, match=r"labels of shape \(200,\) and dtype torch.float32"):
+        DistillObjective(student, [odd]).setup(bd.infer.Batch(x, y.float()))
+    assert odd.teacher_temperature == 1.0
+    with pytest.raises(ValueError, match="calibration must be one of 'temperature', 'none', got 'platt'"):
+        KD(teacher, calibration="platt")
+    # a state saved before the option existed (the weight only) loads, the teacher uncalibrated
+    old = KD(teacher)
+    old.set_extra_state({"weight": 0.25})
+    assert (old.weight, old.teacher_temperature) == (0.25, 1.0)
+
+
+def test_fit_calibrates_kd_on_the_first_training_examples():
+    """bd.fit sets up the objective on the first (up to 1024) training examples, labels included."""
+    teacher, x, y, z = _tempered_labels(96, true_temperature=0.5, seed=3)
+    kd = KD(teacher)
+    bd.fit(bd.BNN(nn.Linear(4, 3), dataset_size=len(x)), (x, y), epochs=1, batch_size=32, progress=False,
+           seed=0, distill=[kd])
+    assert kd.teacher_temperature == pytest.approx(bd.diagnostics.fit_temperature(z, y), rel=1e-9)
+    assert kd.teacher_temperature < 1.0  # labels sharper than the teacher: its soft labels are sharpened
