@@ -283,7 +283,7 @@ def terms_of(method: str, t: bd.BNN, cfg: argparse.Namespace, wide: Optional[tup
     if method in ("kd", "vid+kd", "vid+kd (wide map)"):
         out.append(KD(t, **_overrides(cfg, "kd")))
     if method == "kd (old default)":
-        out.append(KD(t, temperature=4.0, weight=0.9))
+        out.append(KD(t, temperature=4.0, weight=0.9, calibration="none"))
     if method == "hint":
         out.append(Hint(t, **_overrides(cfg, "hint")))
     if method == "pkt":

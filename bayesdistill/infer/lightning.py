@@ -14,7 +14,7 @@ Lightning's ``DistributedSampler`` pads the data to a multiple of the number of 
 
     import lightning.pytorch as pl
     module = bd.infer.lightning.SVIModule(bnn, lr=3e-3, kl_weight=0.5, distill=[bd.distill.KD(teacher)],
-                                          example=x[:1024])
+                                          example=bd.infer.Batch(x[:1024], y[:1024]))
     pl.Trainer(max_epochs=10, strategy="ddp", devices=2, accelerator="cpu").fit(module, loader)
 """
 

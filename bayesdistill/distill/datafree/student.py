@@ -79,7 +79,8 @@ def distill_on_inputs(
     if not torch.is_tensor(inputs) or inputs.dim() < 2:
         raise DataError("distill_on_inputs: inputs must be a tensor [n, ...] of transfer inputs")
     labels = teacher_labels(teacher, inputs, seed=seed)
-    term = KD(teacher, temperature=temperature, weight=weight, teacher_mode=teacher_mode)
+    # the labels are the teacher's own: nothing to calibrate its soft labels against
+    term = KD(teacher, temperature=temperature, weight=weight, teacher_mode=teacher_mode, calibration="none")
     return fit(student, (inputs, labels), epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                seed=seed, progress=progress, distill=[term], **fit_options)
 
