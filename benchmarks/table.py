@@ -305,6 +305,7 @@ def run_cell(ctx: Context, t: bd.BNN, pair: str, setting: str, method: str) -> d
         student = bd.student_from_teacher(t, net, plan=plan, dataset_size=n)
     else:
         student = bd.BNN(net, prior=bd.priors.Normal(scale=1.0), likelihood=ctx.likelihood(), dataset_size=n)
+    terms: list = []
     if method == "heavy":
         torch.manual_seed(ctx.seed)
         aux = bd.BNN(ctx.net(spec["auxiliary"]), prior=bd.priors.Normal(scale=1.0), likelihood=ctx.likelihood(),
@@ -314,11 +315,15 @@ def run_cell(ctx: Context, t: bd.BNN, pair: str, setting: str, method: str) -> d
                       **_overrides(cfg, "heavy"))
     else:
         wide = (spec["wide"], last_hidden_layer(net)) if "wide" in spec else None
-        fit(student, data, rec, ctx.seed, distill=terms_of(method, t, cfg, wide))
+        terms = terms_of(method, t, cfg, wide)
+        fit(student, data, rec, ctx.seed, distill=terms)
     fit_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     row = {"dataset": ctx.dataset, "pair": pair, "setting": setting, "method": method, "seed": ctx.seed,
            "n_train": n, "epochs": rec["epochs"], "fit_s": fit_s, "cpu_s": cpu_s,
            **evaluate(student, data, ctx)}
+    kd = [term for term in terms if isinstance(term, KD)]
+    if kd:  # the temperature KD fitted to the teacher on the labelled probe batch (1: not calibrated)
+        row["kd_teacher_temperature"] = kd[0].teacher_temperature
     return row
 
 
