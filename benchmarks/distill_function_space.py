@@ -248,9 +248,7 @@ def run_a(seed: int, variant: str, spec: dict[str, Any], cfg: argparse.Namespace
         # reduction="sum": lambda multiplies the exact log-density (the setting of the documented runs)
         terms.append(VID(teacher, VID_PAIRS_MLP, weight=w, reduction="sum", teacher_mode=spec["teacher_mode"]))
     if spec["kd"]:
-        # calibration="none": Hinton's KD as these bars were measured (the teacher's softmax as it is)
-        terms.append(KD(teacher, temperature=spec["T"], weight=spec["kd_weight"], teacher_mode=spec["teacher_mode"],
-                        calibration="none"))
+        terms.append(KD(teacher, temperature=spec["T"], weight=spec["kd_weight"], teacher_mode=spec["teacher_mode"]))
     transfer = bd.datasets.mnist1d_samples(cfg.transfer_size, seed=1000 + seed) if spec["transfer"] else None
     kl_eff = spec["kl_weight"] if spec["kl_weight"] is not None else cfg.kl_weight
     kl_pass = kl_eff / cfg.kl_factor if transfer is not None else kl_eff

@@ -283,7 +283,7 @@ def terms_of(method: str, t: bd.BNN, cfg: argparse.Namespace, wide: Optional[tup
     if method in ("kd", "vid+kd", "vid+kd (wide map)"):
         out.append(KD(t, **_overrides(cfg, "kd")))
     if method == "kd (old default)":
-        out.append(KD(t, temperature=4.0, weight=0.9, calibration="none"))
+        out.append(KD(t, temperature=4.0, weight=0.9))
     if method == "hint":
         out.append(Hint(t, **_overrides(cfg, "hint")))
     if method == "pkt":
@@ -321,8 +321,8 @@ def run_cell(ctx: Context, t: bd.BNN, pair: str, setting: str, method: str) -> d
     row = {"dataset": ctx.dataset, "pair": pair, "setting": setting, "method": method, "seed": ctx.seed,
            "n_train": n, "epochs": rec["epochs"], "fit_s": fit_s, "cpu_s": cpu_s,
            **evaluate(student, data, ctx)}
-    kd = [term for term in terms if isinstance(term, KD)]
-    if kd:  # the temperature KD fitted to the teacher on the labelled probe batch (1: not calibrated)
+    kd = [term for term in terms if isinstance(term, KD) and term.calibration != "none"]
+    if kd:  # --term-kw kd='{"calibration": "temperature"}': the temperature KD fitted to the teacher
         row["kd_teacher_temperature"] = kd[0].teacher_temperature
     return row
 

@@ -204,8 +204,7 @@ def train_student(variant: str, seed: int, small: bd.datasets.DatasetBundle, tea
     method = variant.removeprefix("prior + ")
     if method.startswith("kd"):
         mode = "sample" if "sample" in method else "mean"
-        terms = [bd.distill.KD(teacher, temperature=cfg.temperature, weight=cfg.kd_weight, teacher_mode=mode,
-                               calibration="none")]  # Hinton's KD, as PredictiveKD's target is
+        terms = [bd.distill.KD(teacher, temperature=cfg.temperature, weight=cfg.kd_weight, teacher_mode=mode)]
     elif method.startswith("pkd"):
         terms = [PredictiveKD(teacher, temperature=cfg.temperature, weight=cfg.kd_weight,
                               num_samples=cfg.teacher_draws)]

@@ -56,8 +56,8 @@ class SVIModule(pl.LightningModule):
         example: network inputs (up to ~1024 examples) on which terms with shape-dependent parts
             (VID regressors, Hint projections) are built; needed when ``distill`` has such terms.
             A labelled :class:`~bayesdistill.infer.Batch` ``Batch(x, y)`` also lets terms fit what
-            depends on labels (:class:`~bayesdistill.distill.KD`'s teacher temperature; with
-            inputs only KD warns and uses the teacher's logits as they are).
+            depends on labels (the teacher temperature of ``KD(calibration="temperature")``; with
+            inputs only such a term warns and uses the teacher's logits as they are).
         seed: with a seed, each epoch's weight noise is seeded per rank and epoch (independent
             across ranks); Lightning's ``seed_everything`` seeds the rest.
 

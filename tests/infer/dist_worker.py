@@ -39,7 +39,7 @@ def build(config: str, n: int = 64):
             teacher.rho.fill_(-2.0)
         bnn = bd.BNN(tiny_mlp(seed=1), prior=bd.priors.TeacherPosterior(teacher.posterior(), scale="posterior"),
                      dataset_size=n, init="module")
-        terms = [bd.distill.KD(teacher, weight=0.5), bd.distill.VID(teacher, {"1": "1"}, weight=0.3)]
+        terms = [bd.distill.KD(teacher, weight=0.5, calibration="temperature"), bd.distill.VID(teacher, {"1": "1"}, weight=0.3)]
     return bnn, terms, x, y
 
 

@@ -24,7 +24,7 @@ def main(out: Path, strategy: str, devices: int) -> None:
     x, y = toy_classification(128, seed=3)
     teacher = bd.BNN(tiny_mlp(seed=5), dataset_size=128)
     bnn = bd.BNN(tiny_mlp(seed=1), dataset_size=128)
-    terms = [bd.distill.KD(teacher, weight=0.5), bd.distill.VID(teacher, {"1": "1"}, weight=0.3)]
+    terms = [bd.distill.KD(teacher, weight=0.5, calibration="temperature"), bd.distill.VID(teacher, {"1": "1"}, weight=0.3)]
     module = SVIModule(bnn, lr=0.02, distill=terms, example=bd.infer.Batch(x, y), seed=0)  # labelled: KD calibrates
     before = bnn.loc.detach().clone()
     trainer = pl.Trainer(max_epochs=3, strategy=strategy, devices=devices, accelerator="cpu", logger=False,

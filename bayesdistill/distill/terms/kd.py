@@ -31,9 +31,9 @@ CALIBRATIONS = ("temperature", "none")
         TermOption("temperature", float, 1.0, "softmax temperature T", range="(0, inf)"),
         TermOption("weight", float, 0.5, "weight a of the KD term (the teacher's share of each example's label); "
                    "the likelihood is scaled by 1 - a", range="(0, 1]"),
-        TermOption("calibration", str, "temperature", "the teacher's soft labels: 'temperature' scales the "
-                   "teacher's logits to fit the training labels (temperature scaling on the probe batch), "
-                   "'none' uses them as they are", choices=CALIBRATIONS),
+        TermOption("calibration", str, "none", "the teacher's soft labels: 'none' uses its logits as they are, "
+                   "'temperature' scales them to fit the training labels (temperature scaling on the probe "
+                   "batch)", choices=CALIBRATIONS),
     ],
     build=lambda teacher, pairs, temperature, weight, calibration: [
         KD(teacher, temperature=temperature, weight=weight, calibration=calibration)],
@@ -59,20 +59,22 @@ class KD(DistillTerm):
     ``benchmarks/table.py`` on MNIST-1D became over-confident, with a higher NLL and ECE than the
     plain student, and T = 2 did the same; T = 1 did not (docs/function-space.md, "Weights").
 
-    **The teacher's calibration** (``calibration="temperature"``, the default). "Calibrated if the
-    teacher is" matters: a mean-field teacher is often under-confident, and its soft labels then
-    pull the student's confidence down (on MNIST-1D the table's KD student was less confident
-    than its accuracy warranted, beyond the plain student's ECE). So before training the
-    teacher's logits are temperature-scaled (Guo et al. 2017) on the labelled probe batch (the
-    first ~1024 training examples, :meth:`~bayesdistill.infer.Objective.setup`): the soft label
-    is ``softmax(z_t / (tau T))`` with ``tau`` = :func:`~bayesdistill.diagnostics.fit_temperature`
-    of the teacher's logits against the labels, within [0.05, 20]. ``tau`` is fitted on data the
-    teacher may have been trained on: where the teacher fits them perfectly ``tau`` goes to its
-    lower end and the soft labels to the labels (KD then approaches the plain likelihood: neutral,
-    never worse than its labels). ``calibration="none"`` uses the teacher's softmax as it is
-    (Hinton et al.'s KD). The fitted ``tau`` is :attr:`teacher_temperature` (1 before it is
-    fitted, e.g. when the probe batch holds no labels: a warning says so), part of the term's
-    state (checkpointed with its weight).
+    **The teacher's calibration** (``calibration=``). ``"none"`` (the default) uses the teacher's
+    softmax as it is (Hinton et al.). ``"temperature"`` temperature-scales the teacher's logits
+    (Guo et al. 2017) before training, on the labelled probe batch (the first 1024 training
+    examples, :meth:`~bayesdistill.infer.Objective.setup`): the soft label is
+    ``softmax(z_t / (tau T))`` with ``tau`` = :func:`~bayesdistill.diagnostics.fit_temperature`
+    of the teacher's logits against the labels, within [0.05, 20]; it corrects a teacher that is
+    under- or over-confident *on the training labels*. That is not the default because ``tau`` is
+    fitted on data the teacher was usually trained on: a teacher that fits them well gets
+    ``tau < 1`` (for the table's digits teachers the lower end, which turns the soft labels into
+    the labels and KD into the plain likelihood), so the soft labels lose their dark knowledge,
+    and on inputs the teacher has not seen (a transfer set) they become over-confident. Run on
+    the comparison table (``python benchmarks/table.py --term-kw kd='{"calibration": "temperature"}'``)
+    it did not lower KD's ECE in the one cell where KD was worse than plain, and it removed part
+    of KD's gain with 10 % of the labels (docs/function-space.md, "Weights"). The fitted ``tau`` is :attr:`teacher_temperature` (1
+    before it is fitted, e.g. when the probe batch holds no labels: a warning says so), part of
+    the term's state (checkpointed with its weight).
 
     Args:
         teacher: the teacher (a :class:`~bayesdistill.BNN` or a plain ``nn.Module``) with logits
@@ -86,7 +88,7 @@ class KD(DistillTerm):
     """
 
     def __init__(self, teacher: Union[BNN, nn.Module], temperature: float = 1.0, weight: float = 0.5,
-                 teacher_mode: str = "mean", *, calibration: str = "temperature", name: Optional[str] = None):
+                 teacher_mode: str = "mean", *, calibration: str = "none", name: Optional[str] = None):
         if not 0 <= weight <= 1:
             raise ValueError(f"KD: weight (alpha) must lie in [0, 1], got {weight}")
         if not temperature > 0:

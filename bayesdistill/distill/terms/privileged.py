@@ -71,8 +71,8 @@ class PrivilegedKD(KD):
         teacher_mode: ``"mean"`` (the posterior-mean network) or ``"sample"`` (one posterior draw
             per step: the teacher's posterior predictive in expectation).
         calibration: ``"none"`` (default: the paper's soft labels ``softmax(f_t(x*) / T)`` as
-            they are) or ``"temperature"`` (temperature-scaled on the labelled probe batch, as
-            :class:`~bayesdistill.distill.KD`'s default).
+            they are) or ``"temperature"`` (temperature-scaled on the labelled probe batch; see
+            :class:`~bayesdistill.distill.KD`).
         name: the term's name (default ``"privileged_kd"``).
 
     Raises (before training, when the objective is set up on the first batch, and on any later

@@ -118,7 +118,7 @@ def test_fit_with_transfer_uses_the_transfer_set_size():
     teacher = tiny_mlp(hidden=8, seed=1)
     still = bd.BNN(tiny_mlp(seed=2), dataset_size=n, init_scale=1e-7)
     xt32 = xt[:32]
-    kd = KD(teacher, temperature=4.0, weight=0.5)
+    kd = KD(teacher, temperature=4.0, weight=0.5, calibration="temperature")
     r = bd.fit(still, (x, y), epochs=1, batch_size=b, lr=1e-10, seed=1, progress=False, distill=[kd], transfer=xt32)
     with torch.no_grad():
         # the teacher's soft labels are temperature-scaled on the labelled probe batch (all 32 here)
@@ -163,7 +163,7 @@ def test_term_weights_changed_by_a_callback_resume_exactly(tmp_path):
         return student, kd
 
     kd = KD(teacher, weight=0.3)
-    assert kd.state_dict()["_extra_state"] == {"weight": 0.3, "teacher_temperature": 1.0, "calibrated": False}
+    assert kd.state_dict()["_extra_state"] == {"weight": 0.3, "teacher_temperature": 1.0, "calibrated": True}
     obj = DistillObjective(bd.BNN(tiny_mlp(seed=2), dataset_size=32), [kd])
     kd.weight = 0.6  # the likelihood's 1 - a follows a changed weight
     assert kd.likelihood_weight == obj.likelihood_weight == pytest.approx(0.4)
@@ -202,13 +202,14 @@ def _tempered_labels(n: int, true_temperature: float, seed: int = 0):
 
 
 def test_kd_calibrates_the_teachers_soft_labels_on_the_labelled_probe_batch():
-    """The default: tau = fit_temperature(teacher logits, labels) on the probe batch, and the soft
+    """calibration="temperature": tau = fit_temperature(teacher logits, labels) on the probe batch, and the soft
     label is softmax(z_t / (tau T)) (closed form against torch.distributions)."""
     torch.manual_seed(0)
     teacher, x, y, z = _tempered_labels(2000, true_temperature=2.5)
     student = bd.BNN(nn.Linear(4, 3), dataset_size=len(x))
-    kd = KD(teacher, temperature=2.0)
-    assert kd.calibration == "temperature" and kd.teacher_temperature == 1.0
+    assert KD(teacher).calibration == "none"  # the default: Hinton's soft labels
+    kd = KD(teacher, temperature=2.0, calibration="temperature")
+    assert kd.teacher_temperature == 1.0
     DistillObjective(student, [kd]).setup(bd.infer.Batch(x, y))
     tau = bd.diagnostics.fit_temperature(z, y)
     assert kd.teacher_temperature == pytest.approx(tau, rel=1e-9)
@@ -217,7 +218,7 @@ def test_kd_calibrates_the_teachers_soft_labels_on_the_labelled_probe_batch():
     p_t, p_s = td.Categorical(logits=z[:6] / (2.0 * tau)), td.Categorical(logits=zs / 2.0)
     torch.testing.assert_close(kd.log_factor(zs, {}, z[:6], {}), -4.0 * td.kl_divergence(p_t, p_s))
     # the fitted temperature is state: it survives a state dict round trip (a resumed run)
-    again = KD(teacher, temperature=2.0)
+    again = KD(teacher, temperature=2.0, calibration="temperature")
     again.load_state_dict(kd.state_dict())
     assert again.teacher_temperature == kd.teacher_temperature
 
@@ -232,7 +233,7 @@ def test_kd_without_calibration_or_labels_keeps_the_teacher_as_it_is():
         warnings.simplefilter("error")  # no warning: nothing was asked to be calibrated
         plain.log_factor(z[:3], {}, z[:3], {})
     # inputs only: no labels to calibrate on; the first use says so, once
-    unlabelled = KD(teacher)
+    unlabelled = KD(teacher, calibration="temperature")
     DistillObjective(student, [unlabelled]).setup(x)
     assert unlabelled.teacher_temperature == 1.0
     with pytest.warns(UserWarning, match="not calibrated"):
@@ -241,7 +242,7 @@ def test_kd_without_calibration_or_labels_keeps_the_teacher_as_it_is():
         warnings.simplefilter("error")
         unlabelled.log_factor(z[:3], {}, z[:3], {})
     # labels that are not class indices: a warning naming them, the teacher as it is
-    odd = KD(teacher)
+    odd = KD(teacher, calibration="temperature")
     with pytest.warns(UserWarning, match=r"labels of shape \(200,\) and dtype torch.float32"):
         DistillObjective(student, [odd]).setup(bd.infer.Batch(x, y.float()))
     assert odd.teacher_temperature == 1.0
@@ -253,10 +254,10 @@ def test_kd_without_calibration_or_labels_keeps_the_teacher_as_it_is():
     assert (old.weight, old.teacher_temperature) == (0.25, 1.0)
 
 
-def test_fit_calibrates_kd_on_the_first_training_examples():
+def test_fit_calibrates_kd_on_the_first_training_examples():  # calibration="temperature"
     """bd.fit sets up the objective on the first (up to 1024) training examples, labels included."""
     teacher, x, y, z = _tempered_labels(96, true_temperature=0.5, seed=3)
-    kd = KD(teacher)
+    kd = KD(teacher, calibration="temperature")
     bd.fit(bd.BNN(nn.Linear(4, 3), dataset_size=len(x)), (x, y), epochs=1, batch_size=32, progress=False,
            seed=0, distill=[kd])
     assert kd.teacher_temperature == pytest.approx(bd.diagnostics.fit_temperature(z, y), rel=1e-9)
