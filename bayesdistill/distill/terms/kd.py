@@ -70,11 +70,12 @@ class KD(DistillTerm):
     ``tau < 1`` (for the table's digits teachers the lower end, which turns the soft labels into
     the labels and KD into the plain likelihood), so the soft labels lose their dark knowledge,
     and on inputs the teacher has not seen (a transfer set) they become over-confident. Run on
-    the comparison table (``python benchmarks/table.py --term-kw kd='{"calibration": "temperature"}'``)
-    it did not lower KD's ECE in the one cell where KD was worse than plain, and it removed part
-    of KD's gain with 10 % of the labels (docs/function-space.md, "Weights"). The fitted ``tau`` is :attr:`teacher_temperature` (1
-    before it is fitted, e.g. when the probe batch holds no labels: a warning says so), part of
-    the term's state (checkpointed with its weight).
+    the comparison table (``python benchmarks/table.py --term-kw kd='{"calibration":
+    "temperature"}'``) it did not lower KD's ECE in the one cell where KD was worse than plain,
+    and it removed part of KD's gain with 10 % of the labels (docs/function-space.md,
+    "Weights"). The fitted ``tau`` is :attr:`teacher_temperature` (1 before it is fitted, e.g.
+    when the probe batch holds no labels: a warning says so), part of the term's state
+    (checkpointed with its weight).
 
     Args:
         teacher: the teacher (a :class:`~bayesdistill.BNN` or a plain ``nn.Module``) with logits
