@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...bnn.network import BNN
+from ...infer import distributed
 from ...infer.metrics import fit_temperature
 from .base import DistillTerm
 from .registry import TermOption, register_term
@@ -135,8 +136,9 @@ class KD(DistillTerm):
             self._warned = True
             return
         tau = torch.tensor(fit_temperature(r_out, y), dtype=torch.float64, device=r_out.device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast(tau, src=0)
+        group = distributed.current(initialize=False)
+        if group is not None:  # rank 0's value on every rank, as the engine shares its buffers
+            group.broadcast_([tau])
         self.teacher_temperature = float(tau)
         self._calibrated = True
 
