@@ -238,7 +238,8 @@ def test_kd_vid_cnn_to_mlp_writes_all_artefacts(kd_vid: Path) -> None:
     fs = m["function_space"]
     # the default pair: the teacher's ReLU before the Flatten -> the student's last hidden ReLU
     assert fs["pairs"] == {"6": "4"} and fs["terms"] == ["kd", "vid"] and fs["transfer_size"] == 0
-    assert fs["settings"] == {k: FUNCTION_SPACE_DEFAULTS[k] for k in ("kd_temperature", "kd_weight", "kd_calibration", "vid_weight", "vid_reduction")}
+    assert fs["settings"] == {k: FUNCTION_SPACE_DEFAULTS[k] for k in ("kd_temperature", "kd_weight", "kd_calibration", "kd_likelihood",
+                                                                   "vid_weight", "vid_reduction")}
     assert set(fs["final"]) >= {"distill/kd/loss", "distill/vid/loss", "distill/vid/pair0/mi_bound"}
     for key in ("teacher", "distilled", "plain"):
         assert 0.0 <= m[key]["test"]["accuracy"] <= 1.0 and m[key]["test"]["num_samples"] == 2

@@ -55,7 +55,8 @@ def test_distill_with_terms(teacher: TeacherResult, tmp_path: Path) -> None:
     r = distill(tmp_path / "s", teacher.out / "model.pt", "mlp", recipe, methods=("kd",), hidden=(8,),
                 train_fraction=0.2, term_settings={"kd_temperature": 2.0}, run=RUN)
     assert isinstance(r, DistillResult) and r.methods == ["kd"] and r.plan is None and r.alignment is None
-    assert r.function_space["settings"] == {"kd_temperature": 2.0, "kd_weight": 0.5, "kd_calibration": "none"}
+    assert r.function_space["settings"] == {"kd_temperature": 2.0, "kd_weight": 0.5, "kd_calibration": "none",
+                                           "kd_likelihood": "share"}
     assert r.distilled.epochs_trained == 1 and r.distilled.num_weights == r.plain.num_weights
     assert r.student == {"model": "mlp", "model_kwargs": {"hidden": [8]}, "plain_prior": "Normal(0, 1)"}
     saved = json.loads((tmp_path / "s" / "metrics.json").read_text())

@@ -262,3 +262,40 @@ def test_fit_calibrates_kd_on_the_first_training_examples():  # calibration="tem
            seed=0, distill=[kd])
     assert kd.teacher_temperature == pytest.approx(bd.diagnostics.fit_temperature(z, y), rel=1e-9)
     assert kd.teacher_temperature < 1.0  # labels sharper than the teacher: its soft labels are sharpened
+
+
+@pytest.mark.parametrize("a", [0.25, 0.9])
+def test_kd_likelihood_keep_leaves_the_label_whole_and_adds_the_factor(a):
+    """``likelihood="keep"``: the label's site keeps its full plate scale n / b while the KD site
+    carries a times its log-factor (CE + a KD); "share" (the default) scales the label by 1 - a.
+    The two objectives differ by exactly a times the label's log-likelihood."""
+    n, b = 64, 8
+    x, y = toy_classification(b)
+    teacher = tiny_mlp(hidden=8, seed=1)
+    student = bd.BNN(tiny_mlp(seed=2), dataset_size=n)
+    keep = KD(teacher, weight=a, calibration="none", likelihood="keep")
+    share = KD(teacher, weight=a, calibration="none")
+    assert (keep.likelihood_weight, share.likelihood_weight, share.likelihood) == (1.0, pytest.approx(1 - a), "share")
+    traces = {}
+    for name, term in (("keep", keep), ("share", share)):
+        obj = DistillObjective(student, [term])
+        assert obj.likelihood_weight == pytest.approx(term.likelihood_weight)
+        torch.manual_seed(0)
+        trace = poutine.trace(obj.model).get_trace(x, y)
+        trace.compute_log_prob()
+        traces[name] = trace
+    assert traces["keep"].nodes["obs"]["scale"] == pytest.approx(n / b)
+    assert traces["share"].nodes["obs"]["scale"] == pytest.approx((1 - a) * n / b)
+    # the same prior draw in both (torch.manual_seed above): the same network output
+    s_out = traces["keep"].nodes["_RETURN"]["value"]
+    torch.testing.assert_close(traces["share"].nodes["_RETURN"]["value"], s_out)
+    ll = float(td.Categorical(logits=s_out).log_prob(y).sum())  # the label's log-likelihood, by hand
+    assert float(traces["keep"].nodes["obs"]["log_prob_sum"]) == pytest.approx(n / b * ll, rel=1e-5)
+    assert float(traces["share"].nodes["obs"]["log_prob_sum"]) == pytest.approx((1 - a) * n / b * ll, rel=1e-5)
+    # the KD site: a times the Hinton log-factor in both
+    ref = -td.kl_divergence(td.Categorical(logits=teacher(x).detach()), td.Categorical(logits=s_out)).sum()
+    for name in ("keep", "share"):
+        assert float(traces[name].nodes["distill.kd"]["log_prob_sum"]) == pytest.approx(a * float(ref) * n / b, rel=1e-5)
+    with pytest.raises(ValueError, match="likelihood must be one of 'share', 'keep', got 'drop'"):
+        KD(teacher, likelihood="drop")
+    assert bd.distill.get_term("kd").make(teacher, None, likelihood="keep")[0].likelihood == "keep"

@@ -48,7 +48,7 @@ def test_the_built_in_terms_are_registered_in_order():
     assert [get_term(n).pairs for n in ("kd", "vid", "pkt", "hint", "tinybert")] == [False, True, True, True, True]
     assert get_term("kd").tasks == ("classification",) and get_term("vid").tasks is None
     # the weight convention's defaults (docs/function-space.md, "Weights")
-    assert term_defaults() == {"kd_temperature": 1.0, "kd_weight": 0.5, "kd_calibration": "none",
+    assert term_defaults() == {"kd_temperature": 1.0, "kd_weight": 0.5, "kd_calibration": "none", "kd_likelihood": "share",
                                "vid_weight": 1.0, "vid_reduction": "mean",
                                "pkt_weight": 1.0, "pkt_normalize": "uniform",
                                "hint_weight": 1.0, "hint_reduction": "mean", "hint_normalize": "variance",
@@ -85,7 +85,8 @@ def test_specs_build_terms_from_options():
     assert [type(t) for t in terms] == [Hint, KD] and terms[1].weight == 0.5 and terms[0].weight == 1.0
     assert terms[0].pairs == {"1": "1"}
     ns = argparse.Namespace(kd_temperature=3.0, kd_weight=0.2)
-    assert term_options(ns, ["kd", "prior"]) == {"kd_temperature": 3.0, "kd_weight": 0.2, "kd_calibration": "none"}
+    assert term_options(ns, ["kd", "prior"]) == {"kd_temperature": 3.0, "kd_weight": 0.2, "kd_calibration": "none",
+                                                     "kd_likelihood": "share"}
     assert term_options({}, ["pkt"]) == {"pkt_weight": 1.0, "pkt_normalize": "uniform"}
 
 
