@@ -243,6 +243,14 @@ def teacher(ctx: Context) -> bd.BNN:
     return bnn
 
 
+def accuracy_and_confidence(bnn: bd.BNN, dataset, num_samples: int, seed: int) -> tuple[float, float]:
+    """The accuracy of the posterior predictive (the mean of ``num_samples`` draws' softmax) on a
+    labelled ``dataset`` and its mean top-class probability (below the accuracy: under-confident)."""
+    logits, y = bd.predict(bnn, dataset, num_samples=num_samples, seed=seed)
+    p = logits.softmax(-1).mean(0)
+    return float((p.argmax(-1) == y).float().mean()), float(p.max(-1).values.mean())
+
+
 def evaluate(bnn: bd.BNN, data, ctx: "Context") -> dict[str, float]:
     """``bd.evaluate``'s metrics (the same call), plus for classification ``confidence`` (the
     mean top-class probability of the posterior predictive: above the accuracy, over-confident),
@@ -250,7 +258,8 @@ def evaluate(bnn: bd.BNN, data, ctx: "Context") -> dict[str, float]:
     the numbers the command line reports): ``auroc_mi`` / ``auroc_h``, the AUROC of the mutual
     information / predictive entropy against the data set's transformed-input OOD sets (``ctx.ood``,
     built once per data set and seed; mean over the kinds), and ``sel_area``, the area under the
-    accuracy-coverage curve."""
+    accuracy-coverage curve. With ``--train-fit`` also ``train_accuracy`` / ``train_confidence``,
+    the same two on the student's own training set (:func:`accuracy_and_confidence`)."""
     cfg, seed = ctx.cfg, ctx.seed
     if data.task != "classification":
         m = bd.evaluate(bnn, data.test, num_samples=cfg.samples, seed=seed)
@@ -259,6 +268,8 @@ def evaluate(bnn: bd.BNN, data, ctx: "Context") -> dict[str, float]:
     m = classification_metrics(logits, y)
     conf = logits.softmax(-1).mean(0).max(-1).values.mean()
     out = {**{k: float(m[k]) for k in ("accuracy", "nll", "ece")}, "confidence": float(conf)}
+    if cfg.train_fit:  # how well the student fits its own training labels (under-fit: both low)
+        out["train_accuracy"], out["train_confidence"] = accuracy_and_confidence(bnn, data.train, cfg.samples, seed)
     u = evaluate_uncertainty(bnn, data.test, ctx.ood, UncertaintyRecipe(), num_samples=cfg.samples, seed=seed)
     out["sel_area"] = float(u.selective_area)
     if u.mean_auroc:
@@ -582,6 +593,8 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--holdout", action="store_true", help="instead of the table: the setups that are not in it "
                    "(HOLDOUT_*), all labels, seeds --full-seeds; with --docs into docs/comparison.md's holdout section")
     p.add_argument("--samples", type=int, default=32, help="posterior samples of the evaluation")
+    p.add_argument("--train-fit", action="store_true", help="also record each classifier's accuracy and mean top "
+                   "probability on its own training set (train_accuracy, train_confidence; one more predictive pass)")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies the students' epochs (experiments)")
     p.add_argument("--term-kw", action="append", default=[], metavar="TERM=JSON",
                    help="experiments only: keyword arguments of a term, e.g. vid='{\"weight\": 3}' (kd, hint, pkt, "
@@ -695,6 +708,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                             log(f"{dataset} {pair} {setting} seed {seed} {method:<15} {first} {row[first]:.4f} "
                                 f"nll {row['nll']:.3f}" + (f" ece {row['ece']:.3f}" if "ece" in row else "")
                                 + (f" conf {row['confidence']:.3f}" if "confidence" in row else "")
+                                + (f" train acc {row['train_accuracy']:.3f} conf {row['train_confidence']:.3f}"
+                                   if "train_accuracy" in row else "")
                                 + f" ({row['fit_s']:.1f} s)")
         students = [r for r in rows if r["method"] != "teacher"]
         payload = {"benchmark": "table", "config": {

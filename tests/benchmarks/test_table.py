@@ -110,3 +110,34 @@ def test_sweep_summary_of_quick_runs(table, quick_run, capsys):
     assert "| method, setting | mnist1d same 10% |" in out
     assert "| plain (acc % or RMSE / NLL) |" in out and "| vid, a=b |" in out
     assert "| kd, a=b | +0.0 / +0.000 |" in out  # a run against itself
+
+
+def test_accuracy_and_confidence_is_the_predictive_mean_by_hand(table):
+    """``accuracy_and_confidence``: the posterior predictive (the mean of the draws' softmax, by
+    hand from ``bd.predict``'s logits) scored against the labels."""
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    import bayesdistill as bd
+
+    torch.manual_seed(0)
+    bnn = bd.BNN(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 4)), dataset_size=20)
+    data = TensorDataset(torch.randn(20, 3), torch.randint(0, 4, (20,)))
+    acc, conf = table.accuracy_and_confidence(bnn, data, num_samples=5, seed=3)
+    logits, y = bd.predict(bnn, data, num_samples=5, seed=3)
+    p = torch.stack([torch.softmax(logits[s], -1) for s in range(5)]).sum(0) / 5
+    right = sum(int(p[i].argmax()) == int(y[i]) for i in range(20))
+    assert acc == pytest.approx(right / 20)
+    assert conf == pytest.approx(float(sum(p[i].max() for i in range(20)) / 20), rel=1e-6)
+    assert 0.25 <= conf <= 1.0  # a top probability of 4 classes
+
+
+def test_train_fit_records_the_students_fit_of_its_training_set(table, tmp_path):
+    out = tmp_path / "t"
+    argv = ["--quick", "--datasets", "digits", "--settings", "full", "--pairs", "same-kind", "--methods", "plain",
+            "--full-seeds", "0", "--train-fit", "--out", str(out), "--teacher-cache", str(out / "teachers")]
+    assert table.main(argv) == 0
+    rows = [r for r in json.loads((out / "table.json").read_text())["results"] if r["method"] == "plain"]
+    assert len(rows) == 1
+    assert 0.0 <= rows[0]["train_accuracy"] <= 1.0 and 0.1 <= rows[0]["train_confidence"] <= 1.0
