@@ -59,6 +59,40 @@ def test_quick_run_covers_every_cell_with_two_seeds(table, quick_run):
         assert set(e["verdict"].values()) <= {"better", "worse", "same"}
     assert {t["dataset"] for t in payload["teachers"]} == set(table.DATASETS)
     assert payload["config"]["quick"] and payload["seconds"] > 0 and payload["cpu_seconds"] > 0
+    # the record says what ran, not where this machine kept its outputs and teachers
+    assert payload["config"]["command"] == "python benchmarks/table.py --quick"
+
+
+def test_recorded_command_leaves_out_the_locations_and_keeps_the_settings(table):
+    cmd = ("python benchmarks/table.py --datasets mnist1d --teacher-cache /tmp/a/teachers --out=/tmp/b "
+           "--term-kw 'kd={\"weight\": 0.25}' --out /tmp/c --seeds 0 1")
+    assert table.recorded_command(cmd) == ("python benchmarks/table.py --datasets mnist1d "
+                                           "--term-kw 'kd={\"weight\": 0.25}' --seeds 0 1")
+    # merged runs: each part's command cleaned (parts recorded before the cleaning included)
+    part = {"config": {"datasets": ["d"], "command": "python benchmarks/table.py --out /x --datasets d"},
+            "results": [], "teachers": [], "seconds": 1.0, "cpu_seconds": 1.0}
+    other = {**part, "config": {"datasets": ["e"], "command": "python benchmarks/table.py --datasets e"}}
+    assert table.merge_runs([part, other])["config"]["command"] == (
+        "python benchmarks/table.py --datasets d & python benchmarks/table.py --datasets e")
+    assert table.merge_runs([part])["config"]["command"] == "python benchmarks/table.py --datasets d"
+
+
+def test_paired_differences_by_hand(table):
+    def row(method, seed, acc, ece):
+        return {"dataset": "digits", "pair": "same-kind", "setting": "full", "method": method, "seed": seed,
+                "accuracy": acc, "nll": 0.5, "ece": ece, "auroc_mi": 0.7, "sel_area": 0.9}
+    rows = [row("plain", 0, 0.80, 0.05), row("plain", 1, 0.90, 0.04), row("plain", 2, 0.70, 0.06),
+            row("kd", 0, 0.82, 0.07), row("kd", 1, 0.89, 0.05), row("kd", 3, 0.99, 0.00)]  # seed 3: no plain
+    (e,) = table.paired(rows)
+    assert e["method"] == "kd" and e["seeds"] == [0, 1]
+    acc, ece = e["metrics"]["accuracy"], e["metrics"]["ece"]
+    # differences: accuracy +0.02, -0.01 (worse on seed 1); ECE +0.02, +0.01 (worse on both)
+    assert acc["mean"] == pytest.approx(0.005) and acc["std"] == pytest.approx(0.03 / 2 ** 0.5)
+    assert (acc["worse"], acc["n"]) == (1, 2)
+    assert ece["mean"] == pytest.approx(0.015) and (ece["worse"], ece["n"]) == (2, 2)
+    assert e["metrics"]["nll"] == {"mean": 0.0, "std": 0.0, "n": 2, "worse": 0}
+    md = table.paired_markdown({"results": rows})
+    assert "| digits same-kind full | kd | +0.5 ± 2.1 (1/2) | +0.0000 ± 0.0000 (0/2) | +0.0150 ± 0.0071 (2/2) |" in md
 
 
 def test_quick_run_writes_the_markdown_table_and_the_figure(table, quick_run):
@@ -81,6 +115,10 @@ def test_quick_run_writes_the_markdown_table_and_the_figure(table, quick_run):
     again = quick_run / "again"
     assert table.main(["--from-json", str(quick_run / "table.json"), "--out", str(again)]) == 0
     assert (again / "table.md").read_text() == md
+    assert table.main(["--from-json", str(quick_run / "table.json"), "--out", str(again), "--paired"]) == 0
+    with_paired = (again / "table.md").read_text()
+    assert with_paired.startswith(md) and "### Paired differences to plain (the same seed)" in with_paired
+    assert "| mnist1d cross-kind full | vid (wide map) |" in with_paired
     # runs side by side (one data set each) merge into the same tables
     payload = json.loads((quick_run / "table.json").read_text())
     for d in ("digits", "mnist1d"):
