@@ -77,9 +77,9 @@ class KD(DistillTerm):
     the labels and KD into the plain likelihood), so the soft labels lose their dark knowledge,
     and on inputs the teacher has not seen (a transfer set) they become over-confident. Run on
     the comparison table (``python benchmarks/table.py --term-kw kd='{"calibration":
-    "temperature"}'``) it did not lower KD's ECE in the one cell where KD was worse than plain,
-    and it removed part of KD's gain with 10 % of the labels (docs/function-space.md,
-    "Weights"). The fitted ``tau`` is :attr:`teacher_temperature` (1 before it is fitted, e.g.
+    "temperature"}'``, in its 50-epoch version) it did not lower KD's ECE in the one cell where
+    KD was worse than plain, and it removed part of KD's gain with 10 % of the labels
+    (docs/function-space.md, "Weights"). The fitted ``tau`` is :attr:`teacher_temperature` (1 before it is fitted, e.g.
     when the probe batch holds no labels: a warning says so), part of the term's state
     (checkpointed with its weight).
 
@@ -88,9 +88,9 @@ class KD(DistillTerm):
     adds ``a`` times the KD log-factor, ``CE + a KD`` (the form of many KD implementations, and the
     convention of this package's other terms, whose weight adds evidence): each labelled example
     then carries ``1 + a`` labels' worth, which tempers the posterior as a ``kl_weight`` smaller by
-    ``1 + a`` would. Measured on the comparison table's MNIST-1D and digits cells (5 seeds,
-    ``--term-kw kd='{"likelihood": "keep"}'``) it removed the one cell where KD's ECE was worse
-    than plain's, and with it KD's gains elsewhere (docs/function-space.md, "Weights"): not the
+    ``1 + a`` would. Measured on the 50-epoch comparison table's MNIST-1D and digits cells (5
+    seeds, ``--term-kw kd='{"likelihood": "keep"}'``) it removed the one cell where KD's ECE was
+    worse than plain's, and with it KD's gains elsewhere (docs/function-space.md, "Weights"): not the
     default.
 
     Args:
