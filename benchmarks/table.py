@@ -429,8 +429,9 @@ def paired_markdown(payload: dict[str, Any]) -> str:
         for e in (e for e in entries if _task(e["dataset"]) == task):
             cells = [f"{e['dataset']} {e['pair']} {e['setting']}", e["method"]]
             for m in metrics:
-                mm, k = e["metrics"][m], 100 if m == "accuracy" else 1
-                cells.append(f"{k * mm['mean']:+.{1 if k == 100 else 4}f} ± {k * mm['std']:.{1 if k == 100 else 4}f} "
+                mm = e["metrics"][m]
+                scale, digits = (100, 1) if m == "accuracy" else (1, 4)
+                cells.append(f"{scale * mm['mean']:+.{digits}f} ± {scale * mm['std']:.{digits}f} "
                              f"({mm['worse']}/{mm['n']})")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -509,7 +510,9 @@ def findings(payload: dict[str, Any]) -> str:
     secs = payload.get("seconds")
     if secs is not None:
         load = payload.get("machine", {}).get("loadavg_at_start")
-        lines.append(f"`{payload['config'].get('command', '')}`: {secs / 60:.1f} min wall time, "
+        runs = payload.get("runs", 1)
+        lines.append(f"`{payload['config'].get('command', '')}`: {secs / 60:.1f} min wall time"
+                     + (f" (the longest of {runs} runs)" if runs > 1 else "") + ", "
                      f"{payload.get('cpu_seconds', float('nan')) / 60:.1f} min of CPU time (one thread per process"
                      + (f"; load average {load[0]:.1f} on {payload['machine'].get('nproc')} cores at the start"
                         if load else "") + ").")
@@ -705,7 +708,9 @@ def recorded_command(command: str) -> str:
 
 def merge_runs(payloads: list[dict[str, Any]]) -> dict[str, Any]:
     """One run of several (each a ``table.json``): results and teachers pooled, the summary
-    computed again; wall time the longest run's (they ran side by side), CPU time the sum.
+    computed again; wall time the longest run's (``runs`` records how many were merged: the runs'
+    order is not known here, so when some ran one after another the whole took longer), CPU time
+    the sum.
     Refuses runs whose configurations differ in anything but the data sets and the command."""
     if len(payloads) == 1:
         first = payloads[0]
@@ -723,7 +728,7 @@ def merge_runs(payloads: list[dict[str, Any]]) -> dict[str, Any]:
     datasets = [d for p in payloads for d in p["config"]["datasets"]]
     config = {**first["config"], "datasets": list(dict.fromkeys(datasets)),  # runs may split one data set
               "command": " & ".join(recorded_command(p["config"]["command"]) for p in payloads)}
-    merged = {**first, "config": config, "results": results,
+    merged = {**first, "config": config, "results": results, "runs": len(payloads),
               "teachers": [t for p in payloads for t in p["teachers"]],
               "seconds": max(p["seconds"] for p in payloads), "cpu_seconds": sum(p["cpu_seconds"] for p in payloads)}
     merged["summary"] = summarize(results)

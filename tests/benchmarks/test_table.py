@@ -127,6 +127,9 @@ def test_quick_run_writes_the_markdown_table_and_the_figure(table, quick_run):
                 "teachers": [t for t in payload["teachers"] if t["dataset"] == d]}
         (quick_run / f"{d}.json").write_text(json.dumps(part))
     merged = table.merge_runs([json.loads((quick_run / f"{d}.json").read_text()) for d in ("digits", "mnist1d")])
+    # the merged wall time is the longest run's, and the line says so (the runs' order is unknown)
+    assert merged["runs"] == 2 and "min wall time (the longest of 2 runs)" in table.findings(merged)
+    assert "(the longest of" not in table.findings(payload)
     only = [r for r in payload["results"] if r["dataset"] in ("digits", "mnist1d")]
     assert merged["summary"] == table.summarize(sorted(only, key=lambda r: r["dataset"] != "digits"))
     with pytest.raises(SystemExit, match="overlap"):
